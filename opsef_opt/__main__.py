@@ -1,0 +1,29 @@
+"""Command line: ``python -m opsef_opt [study=NAME] [key=value ...]`` (Hydra overrides)."""
+from __future__ import annotations
+
+import logging
+import sys
+
+import hydra
+from omegaconf import DictConfig
+
+from opsef_opt.resolvers import register_resolvers
+
+log = logging.getLogger("opsef_opt")
+
+
+@hydra.main(version_base="1.3", config_path="pkg://opsef_opt.conf", config_name="config")
+def _hydra_entry(cfg: DictConfig) -> None:
+    from opsef_opt.app import run
+
+    sys.exit(run(cfg))
+
+
+def main() -> None:
+    """Console entry point (``opsef-opt`` / ``python -m opsef_opt``)."""
+    register_resolvers()
+    _hydra_entry()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,504 @@
+"""Validate the composed Hydra config into typed settings, before any work starts.
+
+Every mistake a user can make in a study file or on the command line (an
+unknown key, an unknown step or model, a value of the wrong type, a missing
+image folder) is reported here as one :class:`ConfigError` naming the key, the
+value and what is allowed. Nothing is written before this passes.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from omegaconf import DictConfig, OmegaConf
+
+__all__ = [
+    "ConfigError",
+    "ImagesSpec",
+    "ReshapeSpec",
+    "StepOption",
+    "ModelSpec",
+    "SearchSpec",
+    "ScoreSpec",
+    "StudySpec",
+    "Settings",
+    "validate",
+]
+
+MODES = ("search",)
+SAMPLERS = ("auto", "grid", "tpe", "random")
+FORMATS = ("auto", "tiff", "lif")
+
+
+class ConfigError(ValueError):
+    """The configuration is invalid; the message names the key and the fix."""
+
+
+@dataclass(frozen=True)
+class Range:
+    """A continuous or integer range to search, e.g. ``{low: 0.5, high: 3, log: false}``."""
+
+    low: float
+    high: float
+    log: bool = False
+    step: float | None = None
+
+
+@dataclass(frozen=True)
+class ImagesSpec:
+    folder: Path | None
+    pattern: str
+    files: tuple[Path, ...]
+    format: str
+    channel: int | None
+    axes: str | None
+    z: tuple[int, int] | None
+    lif_image: Any
+    lif_t: int
+    lif_mosaic: int | None
+    labels_folder: Path | None
+    labels_pattern: str
+    train: tuple[str, ...] | None
+
+
+@dataclass(frozen=True)
+class ReshapeSpec:
+    bin: int = 1
+    scale: float = 1.0
+    substack: int | None = None
+    tile_size: tuple[int, ...] | None = None
+    tile_overlap: int = 0
+
+
+@dataclass(frozen=True)
+class StepOption:
+    """One searchable option of a preprocessing slot.
+
+    ``fixed`` holds concrete parameter values; ``ranges`` the parameters the
+    sampler tunes within a range. ``label`` is stable and readable, e.g.
+    ``median(size=3)``, and is what Optuna and MLflow record.
+    """
+
+    slot: str
+    name: str
+    fixed: Mapping[str, Any]
+    ranges: Mapping[str, Range]
+    label: str
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A model entry of the search space: a registered family plus its settings."""
+
+    label: str
+    family: str
+    init: Mapping[str, Any]
+    fixed: Mapping[str, Any]
+    choices: Mapping[str, tuple]
+    ranges: Mapping[str, Range]
+
+
+@dataclass(frozen=True)
+class SearchSpec:
+    sampler: str
+    preprocess: Mapping[str, tuple[StepOption, ...]]
+    models: tuple[ModelSpec, ...]
+
+
+@dataclass(frozen=True)
+class ScoreSpec:
+    objective: str = "auto"
+    iou: float = 0.5
+
+
+@dataclass(frozen=True)
+class StudySpec:
+    name: str
+    description: str
+    data_source: str
+    images: ImagesSpec
+    reshape: ReshapeSpec
+    search: SearchSpec
+    score: ScoreSpec
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything one run needs, validated."""
+
+    mode: str
+    study: StudySpec
+    studies_dir: Path
+    n_trials: int
+    seed: int
+    storage: str
+    tracking_uri: str
+    heartbeat_interval: int
+    heartbeat_grace: int
+    log_artifacts: bool
+    leaderboard_rows: int
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def study_dir(self) -> Path:
+        return self.studies_dir / self.study.name
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def _keys(where: str, node: Mapping, allowed: Mapping[str, Any]) -> None:
+    for key in node:
+        if key not in allowed:
+            raise ConfigError(
+                f"{where}.{key}: unknown key; allowed keys: {', '.join(allowed)}"
+            )
+
+
+def _typed(where: str, value: Any, types: tuple, what: str, nullable: bool = False) -> Any:
+    if value is None and nullable:
+        return None
+    if isinstance(value, bool) and bool not in types:
+        raise ConfigError(f"{where}={value!r}: expected {what}")
+    if not isinstance(value, types):
+        raise ConfigError(f"{where}={value!r}: expected {what}")
+    return value
+
+
+def _int(where: str, value: Any, low: int | None = None, nullable: bool = False) -> int | None:
+    value = _typed(where, value, (int,), "an integer", nullable)
+    if value is not None and low is not None and value < low:
+        raise ConfigError(f"{where}={value!r}: must be >= {low}")
+    return value
+
+
+def _choice(where: str, value: Any, allowed: tuple) -> Any:
+    if value not in allowed:
+        raise ConfigError(f"{where}={value!r}: expected one of {', '.join(map(str, allowed))}")
+    return value
+
+
+def _range(where: str, node: Mapping) -> Range:
+    _keys(where, node, {"low": 0, "high": 0, "log": 0, "step": 0})
+    if "low" not in node or "high" not in node:
+        raise ConfigError(f"{where}: a range needs both 'low' and 'high'")
+    low = _typed(f"{where}.low", node["low"], (int, float), "a number")
+    high = _typed(f"{where}.high", node["high"], (int, float), "a number")
+    if low > high:
+        raise ConfigError(f"{where}: low={low} is greater than high={high}")
+    log = _typed(f"{where}.log", node.get("log", False), (bool,), "true or false")
+    step = _typed(f"{where}.step", node.get("step"), (int, float), "a number", nullable=True)
+    return Range(low, high, log, step)
+
+
+def _is_range(value: Any) -> bool:
+    return isinstance(value, Mapping) and ("low" in value or "high" in value)
+
+
+def _path(where: str, value: Any, base: Path) -> Path:
+    _typed(where, value, (str,), "a path")
+    p = Path(value).expanduser()
+    return p if p.is_absolute() else base / p
+
+
+# ---------------------------------------------------------------- sections
+
+_IMAGES_KEYS = {
+    "folder": None, "pattern": "*.tif", "files": None, "format": "auto", "channel": None,
+    "axes": None, "z": None, "lif": None, "labels": None, "train": None,
+}
+
+
+def _images(where: str, node: Mapping, base: Path, data_source: str) -> ImagesSpec:
+    _keys(where, node, _IMAGES_KEYS)
+    node = {**_IMAGES_KEYS, **node}
+    folder = _path(f"{where}.folder", node["folder"], base) if node["folder"] is not None else None
+    files = tuple(_path(f"{where}.files", f, base) for f in (node["files"] or ()))
+    if folder is None and not files:
+        raise ConfigError(f"{where}: give 'folder' (+ 'pattern') or a list of 'files'")
+    hint = f"\n{data_source.strip()}" if data_source else ""
+    if folder is not None and not folder.is_dir():
+        raise ConfigError(
+            f"{where}.folder={str(folder)!r}: folder not found; point it at your images "
+            f"(e.g. {where}.folder=/path/to/images on the command line){hint}"
+        )
+    for f in files:
+        if not f.is_file():
+            raise ConfigError(f"{where}.files: file not found: {f}{hint}")
+    pattern = _typed(f"{where}.pattern", node["pattern"], (str,), "a glob pattern such as '*.tif'")
+    fmt = _choice(f"{where}.format", node["format"], FORMATS)
+    channel = _int(f"{where}.channel", node["channel"], 0, nullable=True)
+    axes = _typed(f"{where}.axes", node["axes"], (str,), "an axes string such as 'CYX'", True)
+    z = node["z"]
+    if z is not None:
+        if not (isinstance(z, (list, tuple)) and len(z) == 2 and all(isinstance(v, int) for v in z)):
+            raise ConfigError(f"{where}.z={z!r}: expected [start, stop] (integers)")
+        z = (int(z[0]), int(z[1]))
+    lif = node["lif"] or {}
+    _keys(f"{where}.lif", lif, {"image": None, "t": 0, "mosaic": None})
+    lif_t = _int(f"{where}.lif.t", lif.get("t", 0), 0)
+    lif_mosaic = _int(f"{where}.lif.mosaic", lif.get("mosaic"), 0, nullable=True)
+    labels = node["labels"]
+    labels_folder, labels_pattern = None, "{stem}.tif"
+    if labels is not None:
+        _keys(f"{where}.labels", labels, {"folder": None, "pattern": None})
+        if labels.get("folder") is None:
+            raise ConfigError(f"{where}.labels.folder: required when labels are given")
+        labels_folder = _path(f"{where}.labels.folder", labels["folder"], base)
+        if not labels_folder.is_dir():
+            raise ConfigError(f"{where}.labels.folder={str(labels_folder)!r}: folder not found")
+        labels_pattern = _typed(
+            f"{where}.labels.pattern", labels.get("pattern") or labels_pattern, (str,),
+            "a pattern such as '{stem}.tif' or '{stem}_labels.tif'",
+        )
+        if "{stem}" not in labels_pattern:
+            raise ConfigError(f"{where}.labels.pattern={labels_pattern!r}: must contain '{{stem}}'")
+    train = node["train"]
+    if train is not None:
+        if not isinstance(train, (list, tuple)) or not all(isinstance(t, str) for t in train):
+            raise ConfigError(f"{where}.train={train!r}: expected a list of image names or globs")
+        train = tuple(train)
+    return ImagesSpec(
+        folder, pattern, files, fmt, channel, axes, z, lif.get("image"), lif_t, lif_mosaic,
+        labels_folder, labels_pattern, train,
+    )
+
+
+def _reshape(where: str, node: Mapping) -> ReshapeSpec:
+    _keys(where, node, {"bin": 1, "scale": 1.0, "substack": None, "tile": None})
+    b = _int(f"{where}.bin", node.get("bin", 1), 1)
+    scale = _typed(f"{where}.scale", node.get("scale", 1.0), (int, float), "a positive number")
+    if scale <= 0:
+        raise ConfigError(f"{where}.scale={scale}: must be > 0")
+    substack = _int(f"{where}.substack", node.get("substack"), 1, nullable=True)
+    tile = node.get("tile")
+    size, overlap = None, 0
+    if tile is not None:
+        _keys(f"{where}.tile", tile, {"size": None, "overlap": 0})
+        size = tile.get("size")
+        if not (
+            isinstance(size, (list, tuple)) and len(size) in (2, 3)
+            and all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in size)
+        ):
+            raise ConfigError(f"{where}.tile.size={size!r}: expected [Y, X] or [Z, Y, X] positive integers")
+        size = tuple(size)
+        overlap = _int(f"{where}.tile.overlap", tile.get("overlap", 0), 0)
+        if overlap >= min(size[-2:]):
+            raise ConfigError(f"{where}.tile.overlap={overlap}: must be smaller than the tile size {size}")
+    return ReshapeSpec(b, float(scale), substack, size, overlap)
+
+
+def _step_options(where: str, slot: str, options: Any) -> tuple[StepOption, ...]:
+    from opsef_opt.params import ParamError, check_value
+    from opsef_opt.preprocess import get_step, step_label, steps_in_slot
+
+    if not isinstance(options, (list, tuple)) or not options:
+        raise ConfigError(f"{where}: expected a non-empty list of options, e.g. [none, {{name: median, size: 3}}]")
+    out: list[StepOption] = []
+    for i, opt in enumerate(options):
+        w = f"{where}[{i}]"
+        if isinstance(opt, bool) and slot == "invert":
+            opt = "invert" if opt else "none"
+        if isinstance(opt, str):
+            opt = {"name": opt}
+        if not isinstance(opt, Mapping) or "name" not in opt:
+            raise ConfigError(f"{w}={opt!r}: expected a step name or a mapping with 'name'")
+        name = opt["name"]
+        try:
+            spec = get_step(slot, name)
+        except KeyError:
+            raise ConfigError(
+                f"{w}.name={name!r}: unknown {slot} step; allowed: {', '.join(steps_in_slot(slot))}"
+            ) from None
+        declared = {p.name: p for p in spec.params}
+        lists: dict[str, list] = {}
+        fixed: dict[str, Any] = {}
+        ranges: dict[str, Range] = {}
+        for key, value in opt.items():
+            if key == "name":
+                continue
+            if key not in declared:
+                raise ConfigError(
+                    f"{w}.{key}: unknown parameter of {slot} step {name!r}; "
+                    f"allowed: {', '.join(declared) or '(none)'}"
+                )
+            p = declared[key]
+            try:
+                if _is_range(value):
+                    rng = _range(f"{w}.{key}", value)
+                    check_value(p, p.kind == "int" and int(rng.low) or rng.low, f"{w}.{key}.low")
+                    check_value(p, p.kind == "int" and int(rng.high) or rng.high, f"{w}.{key}.high")
+                    if p.kind == "int" and not (float(rng.low).is_integer() and float(rng.high).is_integer()):
+                        raise ConfigError(f"{w}.{key}: integer parameter needs integer low/high")
+                    if p.odd:
+                        raise ConfigError(
+                            f"{w}.{key}: {key} must be odd; give a list of values (e.g. [3, 5, 7]) instead of a range"
+                        )
+                    ranges[key] = rng
+                elif isinstance(value, (list, tuple)):
+                    lists[key] = [check_value(p, v, f"{w}.{key}") for v in value]
+                else:
+                    fixed[key] = check_value(p, value, f"{w}.{key}")
+            except ParamError as e:
+                raise ConfigError(str(e)) from None
+        # expand lists into one concrete option per combination
+        combos: list[dict] = [dict(fixed)]
+        for key, values in lists.items():
+            combos = [{**c, key: v} for c in combos for v in values]
+        for c in combos:
+            label = step_label(name, {**c, **{k: f"{r.low}..{r.high}" for k, r in ranges.items()}})
+            out.append(StepOption(slot, name, c, ranges, label))
+    labels = [o.label for o in out]
+    dup = {lab for lab in labels if labels.count(lab) > 1}
+    if dup:
+        raise ConfigError(f"{where}: duplicate options {sorted(dup)}")
+    return tuple(out)
+
+
+def _models(where: str, node: Mapping) -> tuple[ModelSpec, ...]:
+    from opsef_opt.params import ParamError, check_kwargs, check_value
+    from opsef_opt.segment import SEGMENTERS
+
+    if not isinstance(node, Mapping) or not node:
+        raise ConfigError(f"{where}: declare at least one model, e.g. models: {{classical: {{}}}}")
+    out = []
+    for label, entry in node.items():
+        w = f"{where}.{label}"
+        entry = entry or {}
+        _keys(w, entry, {"family": None, "init": None, "params": None})
+        family = entry.get("family") or label
+        if family not in SEGMENTERS:
+            raise ConfigError(
+                f"{w}: unknown model family {family!r}; available: {', '.join(SEGMENTERS.names())}"
+            )
+        cls = SEGMENTERS.get(family)
+        try:
+            init = check_kwargs(cls.init_params, dict(entry.get("init") or {}), f"{w}.init")
+        except ParamError as e:
+            raise ConfigError(str(e)) from None
+        declared = {p.name: p for p in cls.params}
+        fixed, choices, ranges = {}, {}, {}
+        for key, value in (entry.get("params") or {}).items():
+            if key not in declared:
+                raise ConfigError(
+                    f"{w}.params.{key}: unknown parameter of model {family!r}; "
+                    f"allowed: {', '.join(declared) or '(none)'}"
+                )
+            p = declared[key]
+            try:
+                if _is_range(value):
+                    rng = _range(f"{w}.params.{key}", value)
+                    if p.kind not in ("int", "float"):
+                        raise ConfigError(f"{w}.params.{key}: a range needs a numeric parameter; give a list")
+                    check_value(p, int(rng.low) if p.kind == "int" else rng.low, f"{w}.params.{key}.low")
+                    check_value(p, int(rng.high) if p.kind == "int" else rng.high, f"{w}.params.{key}.high")
+                    ranges[key] = rng
+                elif isinstance(value, (list, tuple)):
+                    choices[key] = tuple(check_value(p, v, f"{w}.params.{key}") for v in value)
+                    if not choices[key]:
+                        raise ConfigError(f"{w}.params.{key}: empty list")
+                else:
+                    fixed[key] = check_value(p, value, f"{w}.params.{key}")
+            except ParamError as e:
+                raise ConfigError(str(e)) from None
+        out.append(ModelSpec(str(label), family, init, fixed, choices, ranges))
+    return tuple(out)
+
+
+def _search(where: str, node: Mapping) -> SearchSpec:
+    from opsef_opt.preprocess import SLOTS
+
+    _keys(where, node, {"sampler": "auto", "preprocess": None, "models": None})
+    sampler = _choice(f"{where}.sampler", node.get("sampler", "auto"), SAMPLERS)
+    pre = node.get("preprocess") or {}
+    _keys(f"{where}.preprocess", pre, dict.fromkeys(SLOTS))
+    preprocess = {
+        slot: _step_options(f"{where}.preprocess.{slot}", slot, pre[slot])
+        for slot in SLOTS
+        if slot in pre
+    }
+    models = _models(f"{where}.models", node.get("models"))
+    has_ranges = any(o.ranges for opts in preprocess.values() for o in opts) or any(
+        m.ranges for m in models
+    )
+    if sampler == "grid" and has_ranges:
+        raise ConfigError(
+            f"{where}.sampler=grid: the space has {{low, high}} ranges; use lists of values "
+            f"for a grid, or sampler=tpe"
+        )
+    if sampler == "auto":
+        sampler = "tpe" if has_ranges else "grid"
+    return SearchSpec(sampler, preprocess, models)
+
+
+def _score(where: str, node: Mapping) -> ScoreSpec:
+    from opsef_opt.score import SCORES
+
+    _keys(where, node, {"objective": "auto", "iou": 0.5})
+    objective = node.get("objective", "auto")
+    if objective != "auto" and objective not in SCORES:
+        raise ConfigError(f"{where}.objective={objective!r}: expected auto or one of {', '.join(SCORES.names())}")
+    iou = _typed(f"{where}.iou", node.get("iou", 0.5), (int, float), "a number in (0, 1)")
+    if not 0 < iou < 1:
+        raise ConfigError(f"{where}.iou={iou}: must be in (0, 1)")
+    return ScoreSpec(objective, float(iou))
+
+
+_STUDY_KEYS = dict.fromkeys(
+    ["name", "description", "data_source", "n_trials", "seed", "images", "reshape", "search", "score"]
+)
+_TOP_KEYS = dict.fromkeys(
+    ["mode", "study", "studies_dir", "n_trials", "seed", "storage", "tracking_uri",
+     "heartbeat", "log_artifacts", "leaderboard_rows"]
+)
+
+
+def validate(cfg: DictConfig | Mapping, base: Path | None = None) -> Settings:
+    """Check the whole composed config and return typed :class:`Settings`.
+
+    Relative paths are resolved against ``base`` (the current directory by
+    default), because Hydra is configured not to change directory.
+    """
+    base = base or Path.cwd()
+    try:
+        raw = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
+    except Exception as e:  # interpolation errors, missing resolvers, ...
+        raise ConfigError(f"config could not be resolved: {e}") from None
+    _keys("", raw, _TOP_KEYS)
+    study = raw.get("study")
+    if not isinstance(study, Mapping):
+        raise ConfigError("study: missing; choose one with study=NAME (e.g. study=demo)")
+    _keys("study", study, _STUDY_KEYS)
+    name = _typed("study.name", study.get("name"), (str,), "a name")
+    if not name or "/" in name or name.startswith("."):
+        raise ConfigError(f"study.name={name!r}: expected a plain folder-safe name")
+    data_source = _typed("study.data_source", study.get("data_source") or "", (str,), "text")
+    spec = StudySpec(
+        name=name,
+        description=str(study.get("description") or ""),
+        data_source=data_source,
+        images=_images("study.images", study.get("images") or {}, base, data_source),
+        reshape=_reshape("study.reshape", study.get("reshape") or {}),
+        search=_search("study.search", study.get("search") or {}),
+        score=_score("study.score", study.get("score") or {}),
+    )
+    hb = raw.get("heartbeat") or {}
+    _keys("heartbeat", hb, {"interval": 2, "grace": 6})
+    interval = _int("heartbeat.interval", hb.get("interval", 2), 1)
+    grace = _int("heartbeat.grace", hb.get("grace", 6), 1)
+    if grace <= interval:
+        raise ConfigError(f"heartbeat.grace={grace}: must be larger than heartbeat.interval={interval}")
+    return Settings(
+        mode=_choice("mode", raw.get("mode", "search"), MODES),
+        study=spec,
+        studies_dir=_path("studies_dir", raw.get("studies_dir", "studies"), base),
+        n_trials=_int("n_trials", raw.get("n_trials"), 1),
+        seed=_int("seed", raw.get("seed", 0), 0),
+        storage=_typed("storage", raw.get("storage"), (str,), "an RDB URL such as sqlite:///studies/x/optuna.db"),
+        tracking_uri=_typed("tracking_uri", raw.get("tracking_uri"), (str,), "an MLflow tracking URI"),
+        heartbeat_interval=interval,
+        heartbeat_grace=grace,
+        log_artifacts=_typed("log_artifacts", raw.get("log_artifacts", True), (bool,), "true or false"),
+        leaderboard_rows=_int("leaderboard_rows", raw.get("leaderboard_rows", 10), 1),
+    )

@@ -1,0 +1,50 @@
+"""Min-max normalisation to [0, 1], the common intensity scale of the chain."""
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["normalize01"]
+
+
+def normalize01(image: np.ndarray) -> np.ndarray:
+    """Rescale an image to float32 in [0, 1] using its own minimum and maximum.
+
+    The range is taken from the image itself rather than from its dtype:
+    microscopy uint16 data often use only 12 bits, so dividing by 65535 would
+    leave it dark and compress every later threshold into a sliver of [0, 1].
+
+    Parameters
+    ----------
+    image : ndarray
+        Any real dtype (bool, integer or float), any shape.
+
+    Returns
+    -------
+    ndarray of float32, same shape
+        ``(image - min) / (max - min)``. A constant image gives zeros.
+        NaN and infinite values are ignored when finding the range and are set
+        to 0 in the output, so downstream filters never see them.
+    """
+    arr = np.asarray(image)
+    if arr.dtype == bool:
+        arr = arr.astype(np.uint8)
+    out = arr.astype(np.float32, copy=True)
+    if out.size == 0:
+        return out
+    finite = np.isfinite(out)
+    all_finite = bool(finite.all())
+    if not all_finite:
+        if not finite.any():
+            return np.zeros(out.shape, np.float32)
+        out[~finite] = np.nan
+    # Range in float64: exact for every uint16/int32 value.
+    lo = float(np.nanmin(arr if all_finite else out))
+    hi = float(np.nanmax(arr if all_finite else out))
+    if not all_finite:
+        out[~finite] = lo
+    if hi <= lo:
+        return np.zeros(out.shape, np.float32)
+    out -= np.float32(lo)
+    out /= np.float32(hi - lo)
+    np.clip(out, 0.0, 1.0, out=out)
+    return out

@@ -1,0 +1,245 @@
+"""Run a study: a resumable Optuna study on RDB storage, every trial tracked in MLflow.
+
+Resume semantics (re-running the same command continues the same study):
+
+- the budget ``n_trials`` counts trials that ran to an end: completed, pruned,
+  or failed with an error (a broken pipeline is an answer, not a reason to
+  retry forever);
+- a trial whose process died (``kill -9``, power loss) stops sending
+  heartbeats; after ``heartbeat.grace`` seconds it is marked FAILED, its MLflow
+  run KILLED, and its parameters are queued again; Ctrl-C does the same at once;
+- grid studies enqueue every grid point once, in a seeded order, so nothing
+  is evaluated twice.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import signal
+import time
+import warnings
+
+import optuna
+from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.trial import TrialState
+
+from opsef_opt.config import ConfigError, Settings
+from opsef_opt.io.dataset import load_items
+from opsef_opt.preprocess.cache import PreprocessCache
+from opsef_opt.score import SCORES, ScoreFn
+from opsef_opt.search.space import grid_points
+from opsef_opt.search.trial import TrialContext, TrialFailed, run_trial
+from opsef_opt.track import Tracker
+
+__all__ = ["run_search", "open_study", "count_trials", "StudyError"]
+
+log = logging.getLogger("opsef_opt")
+STAGE = "search"
+
+
+class StudyError(RuntimeError):
+    """The study cannot run (no readable images, changed search space, ...)."""
+
+
+def _space_signature(settings: Settings) -> str:
+    s = settings.study
+    payload = repr((s.search, s.score, s.images.train, s.reshape))
+    return hashlib.sha1(payload.encode()).hexdigest()[:16]
+
+
+class _StaleTrialHandler:
+    """Heartbeat callback: close the dead trial's MLflow run, then queue its parameters again."""
+
+    def __init__(self, tracking_uri: str) -> None:
+        self.tracking_uri = tracking_uri
+        self.retry = RetryHeartbeatStaleTrialCallback()
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        run_id = trial.user_attrs.get("mlflow_run_id")
+        if run_id:
+            from mlflow import MlflowClient
+
+            client = MlflowClient(self.tracking_uri)
+            client.set_tag(run_id, "opsef.status", "interrupted")
+            client.set_terminated(run_id, "KILLED")
+        log.warning("trial %d was interrupted (no heartbeat); its parameters are queued again", trial.number)
+        self.retry(study, trial)
+
+
+def _sampler(settings: Settings, n_existing: int) -> optuna.samplers.BaseSampler:
+    # offset the seed by the number of trials already stored, so a resumed
+    # study does not replay the random start-up proposals it already made
+    seed = settings.seed + n_existing
+    if settings.study.search.sampler == "tpe":
+        return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, n_startup_trials=10)
+    return optuna.samplers.RandomSampler(seed=seed)
+
+
+def open_study(settings: Settings, stage: str = STAGE) -> optuna.Study:
+    """Create or load the study on its RDB storage, with heartbeats enabled."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        storage = RDBStorage(
+            settings.storage,
+            engine_kwargs={"connect_args": {"timeout": 60}} if settings.storage.startswith("sqlite") else None,
+            heartbeat_interval=settings.heartbeat_interval,
+            grace_period=settings.heartbeat_grace,
+            heartbeat_stale_trial_callback=_StaleTrialHandler(settings.tracking_uri),
+        )
+    name = f"{settings.study.name}/{stage}"
+    try:
+        n_existing = len(optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False))
+    except KeyError:
+        n_existing = 0
+    return optuna.create_study(
+        study_name=name, storage=storage, sampler=_sampler(settings, n_existing),
+        direction="maximize", load_if_exists=True,
+    )
+
+
+def count_trials(study: optuna.Study) -> tuple[int, int]:
+    """(trials that count against the budget, trials running now)."""
+    done = running = 0
+    for t in study.get_trials(deepcopy=False):
+        if t.state in (TrialState.COMPLETE, TrialState.PRUNED) or (
+            t.state == TrialState.FAIL and "error" in t.user_attrs
+        ):
+            done += 1
+        elif t.state == TrialState.RUNNING:
+            running += 1
+    return done, running
+
+
+def _choose_score(settings: Settings, items) -> tuple[ScoreFn, dict]:
+    objective = settings.study.score.objective
+    with_truth = [i.truth is not None for i in items]
+    if objective == "auto":
+        objective = "gt_f1" if all(with_truth) else "proxy_basic"
+    score = SCORES.get(objective)
+    if score.needs_truth and not all(with_truth):
+        missing = [i.name for i, t in zip(items, with_truth) if not t]
+        raise ConfigError(
+            f"study.score.objective={objective}: needs ground-truth labels, missing for {missing[:5]}; "
+            f"set study.images.labels or use objective=auto"
+        )
+    return score, {"iou": settings.study.score.iou} if score.needs_truth else {}
+
+
+def _check_signature(study: optuna.Study, settings: Settings) -> None:
+    sig = _space_signature(settings)
+    old = study.user_attrs.get("space_signature")
+    if old is None:
+        study.set_user_attr("space_signature", sig)
+    elif old != sig:
+        raise StudyError(
+            f"the search space, scoring or images of study '{settings.study.name}' changed since it was "
+            f"created ({settings.storage}); resume needs the same settings. Start a new study with "
+            f"study.name=NEW_NAME, or delete {settings.study_dir} to start over."
+        )
+
+
+def _enqueue_grid(study: optuna.Study, settings: Settings) -> int:
+    points = grid_points(settings.study.search, settings.seed)
+    if not study.user_attrs.get("grid_enqueued"):
+        for p in points:
+            study.enqueue_trial(p, skip_if_exists=True)
+        study.set_user_attr("grid_enqueued", True)
+    return len(points)
+
+
+def _requeue_interrupted(study: optuna.Study) -> None:
+    """After Ctrl-C: queue the parameters of the trial that was cut short."""
+    retried = set(study.user_attrs.get("requeued", []))
+    for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
+        if t.user_attrs.get("interrupted") and t.number not in retried:
+            study.enqueue_trial(t.params, user_attrs={"retry_of": t.number})
+            retried.add(t.number)
+    study.set_user_attr("requeued", sorted(retried))
+
+
+def _raise_on_sigterm(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def run_search(settings: Settings) -> optuna.Study:
+    """Run (or continue) the study until its trial budget is spent."""
+    items, problems = load_items(settings.study.images, settings.study.reshape)
+    for p in problems:
+        log.warning("%s", p)
+    if not items:
+        raise StudyError("no readable image left in study.images: " + "; ".join(problems))
+    score, score_options = _choose_score(settings, items)
+
+    settings.study_dir.mkdir(parents=True, exist_ok=True)
+    study = open_study(settings)
+    _check_signature(study, settings)
+    budget = settings.n_trials
+    if settings.study.search.sampler == "grid":
+        size = _enqueue_grid(study, settings)
+        if budget > size:
+            log.info("the grid has %d pipelines; n_trials=%d is capped at %d", size, budget, size)
+            budget = size
+
+    tracker = Tracker(settings.tracking_uri, settings.studies_dir / "mlartifacts", settings.study.name,
+                      settings.study.description)
+    parent = tracker.open_parent(
+        study.user_attrs.get(f"mlflow_parent_run:{STAGE}"), f"{STAGE}",
+        tags={"optuna.study": study.study_name, "opsef.stage": STAGE},
+    )
+    study.set_user_attr(f"mlflow_parent_run:{STAGE}", parent)
+    tracker.log(parent, params={"n_trials": budget, "seed": settings.seed, "sampler": settings.study.search.sampler,
+                                "objective": score.name, "n_items": len(items)},
+                tags={"skipped_images": "\n".join(problems)} if problems else None)
+    ctx = TrialContext(
+        study.study_name, settings.study.search, items, score, score_options,
+        PreprocessCache(settings.study_dir / "cache" / "preprocess"), tracker, parent, settings.log_artifacts,
+    )
+    previous = signal.signal(signal.SIGTERM, _raise_on_sigterm)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    log.info("study %s: %d images/items, objective %s, budget %d trials (%s sampler)",
+             study.study_name, len(items), score.name, budget, settings.study.search.sampler)
+    waited = False
+    try:
+        while True:
+            optuna.storages.fail_stale_trials(study)
+            done, running = count_trials(study)
+            if done >= budget:
+                break
+            if done + running >= budget:
+                if not waited:
+                    log.info("waiting for %d running trial(s): finishing elsewhere, or interrupted and "
+                             "retried after %d s without heartbeat", running, settings.heartbeat_grace)
+                    waited = True
+                time.sleep(settings.heartbeat_interval)
+                continue
+            study.optimize(lambda t: run_trial(t, ctx), n_trials=1, catch=(TrialFailed,), gc_after_trial=False)
+            _report_last(study, done + 1, budget)
+    except KeyboardInterrupt:
+        _requeue_interrupted(study)
+        tracker.close_parent(parent, {}, {"opsef.status": "interrupted"}, status="KILLED")
+        raise
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    best = _best_value(study)
+    tracker.close_parent(
+        parent,
+        {"best_score": best} if best is not None else {},
+        {"opsef.status": "complete", "cache": json.dumps(ctx.cache.stats)},
+    )
+    study.set_user_attr("cache_stats", ctx.cache.stats)
+    return study
+
+
+def _best_value(study: optuna.Study) -> float | None:
+    values = [t.value for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
+    return max(values) if values else None
+
+
+def _report_last(study: optuna.Study, n: int, budget: int) -> None:
+    t = study.get_trials(deepcopy=False)[-1]
+    if t.state == TrialState.COMPLETE:
+        log.info("[%d/%d] trial %d  score %.4f  %s", n, budget, t.number, t.value, t.user_attrs.get("pipeline", ""))
+    elif t.state == TrialState.FAIL:
+        log.warning("[%d/%d] trial %d FAILED: %s", n, budget, t.number, t.user_attrs.get("error", "interrupted"))
+

@@ -1,0 +1,107 @@
+"""MLflow bookkeeping: one experiment per study, a parent run per stage, a child run per trial.
+
+Uses :class:`mlflow.MlflowClient` with explicit run ids (no global "active
+run"), so several workers and resumed processes log safely into the same
+store.
+"""
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+from typing import Any, Mapping
+
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param, RunTag
+
+__all__ = ["Tracker", "metric_name"]
+
+_BAD = re.compile(r"[^\w\-. /:]")
+
+
+def metric_name(name: str) -> str:
+    """A string MLflow accepts as a metric/param key."""
+    return _BAD.sub("_", name)
+
+
+class Tracker:
+    """Logs a study into an MLflow tracking store."""
+
+    def __init__(self, tracking_uri: str, artifact_root: Path, experiment: str, description: str = "") -> None:
+        self.client = MlflowClient(tracking_uri=tracking_uri)
+        self.tracking_uri = tracking_uri
+        exp = self.client.get_experiment_by_name(experiment)
+        if exp is None:
+            artifact_root.mkdir(parents=True, exist_ok=True)
+            try:
+                self.experiment_id = self.client.create_experiment(
+                    experiment,
+                    artifact_location=artifact_root.resolve().as_uri(),
+                    tags={"mlflow.note.content": description} if description else None,
+                )
+            except Exception:  # created meanwhile by another worker
+                exp = self.client.get_experiment_by_name(experiment)
+                if exp is None:
+                    raise
+                self.experiment_id = exp.experiment_id
+        else:
+            if exp.lifecycle_stage == "deleted":
+                self.client.restore_experiment(exp.experiment_id)
+            self.experiment_id = exp.experiment_id
+
+    # ------------------------------------------------------------ parent runs
+    def open_parent(self, run_id: str | None, name: str, tags: Mapping[str, str]) -> str:
+        """Reopen the stage's parent run when it exists, else create it."""
+        if run_id:
+            try:
+                self.client.update_run(run_id, status="RUNNING")
+                return run_id
+            except Exception:
+                pass  # deleted by the user: start a new one
+        run = self.client.create_run(self.experiment_id, run_name=name, tags=dict(tags))
+        return run.info.run_id
+
+    def close_parent(self, run_id: str, metrics: Mapping[str, float], tags: Mapping[str, str], status: str = "FINISHED") -> None:
+        self.log(run_id, metrics=metrics, tags=tags)
+        self.client.set_terminated(run_id, status=status)
+
+    # ------------------------------------------------------------ trial runs
+    def start_trial(self, parent_id: str, trial_number: int, study_name: str, params: Mapping[str, Any], tags: Mapping[str, str]) -> str:
+        """Create the child run of one trial attempt and log its parameters."""
+        run = self.client.create_run(
+            self.experiment_id,
+            run_name=f"trial-{trial_number:04d}",
+            tags={
+                "mlflow.parentRunId": parent_id,
+                "optuna.study": study_name,
+                "optuna.trial": str(trial_number),
+                **tags,
+            },
+        )
+        run_id = run.info.run_id
+        self.log(run_id, params=params)
+        return run_id
+
+    def log(
+        self,
+        run_id: str,
+        metrics: Mapping[str, float] | None = None,
+        params: Mapping[str, Any] | None = None,
+        tags: Mapping[str, str] | None = None,
+    ) -> None:
+        """Log metrics, params and tags in one batch (one store transaction)."""
+        now = int(time.time() * 1000)
+        self.client.log_batch(
+            run_id,
+            metrics=[Metric(metric_name(k), float(v), now, 0) for k, v in (metrics or {}).items()],
+            params=[Param(metric_name(k), str(v)) for k, v in (params or {}).items()],
+            tags=[RunTag(k, str(v)[:5000]) for k, v in (tags or {}).items()],
+        )
+
+    def log_folder(self, run_id: str, folder: Path, artifact_path: str | None = None) -> None:
+        self.client.log_artifacts(run_id, str(folder), artifact_path)
+
+    def finish(self, run_id: str, status: str = "FINISHED", tags: Mapping[str, str] | None = None) -> None:
+        if tags:
+            self.log(run_id, tags=tags)
+        self.client.set_terminated(run_id, status=status)

@@ -1,0 +1,46 @@
+"""Shared fixtures: paths to real data and a helper that runs the real CLI."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared" / "data"
+DEMO = REPO / "opsef_opt" / "data" / "demo"
+TEST_CONF = Path(__file__).resolve().parent / "conf"
+
+
+def shared(*parts: str) -> Path:
+    """Path under ../shared/data, skipping the test (with the reason) when it is absent."""
+    path = SHARED.joinpath(*parts)
+    if not path.exists():
+        if os.environ.get("CI"):
+            raise FileNotFoundError(f"{path} is missing in CI: ../shared/data must be present")
+        pytest.skip(f"../shared/data not found ({path}); it holds the real test images")
+    return path
+
+
+def run_cli(*args: str, cwd: Path, timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run ``python -m opsef_opt ARGS`` in a subprocess, as a user would."""
+    return subprocess.run(
+        [sys.executable, "-m", "opsef_opt", *args],
+        cwd=cwd, capture_output=True, text=True, timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def popen_cli(*args: str, cwd: Path) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "opsef_opt", *args],
+        cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+
+
+@pytest.fixture
+def test_conf_args() -> list[str]:
+    """Hydra override adding the tests' own study folder to the search path."""
+    return [f"hydra.searchpath=[file://{TEST_CONF}]"]

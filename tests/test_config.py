@@ -1,0 +1,92 @@
+"""Config validation: every mistake is named before any work starts."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_module
+
+from opsef_opt.config import ConfigError, validate
+from opsef_opt.resolvers import register_resolvers
+
+from conftest import TEST_CONF, run_cli
+
+
+def _compose(*overrides: str):
+    register_resolvers()
+    with initialize_config_module(config_module="opsef_opt.conf", version_base="1.3"):
+        return compose(config_name="config", overrides=list(overrides))
+
+
+def test_demo_validates(tmp_path):
+    s = validate(_compose(), base=tmp_path)
+    assert s.study.name == "demo"
+    assert s.study.search.sampler == "grid"
+    assert s.storage == "sqlite:///studies/demo/optuna.db"
+    assert s.study.images.folder.is_dir()
+    labels = [o.label for o in s.study.search.preprocess["filter"]]
+    assert labels == ["none", "median(size=3)", "gaussian(sigma=1.0)"]
+
+
+def test_overrides_reach_settings(tmp_path):
+    s = validate(_compose("n_trials=3", "seed=7", f"studies_dir={tmp_path}"), base=tmp_path)
+    assert (s.n_trials, s.seed) == (3, 7)
+    assert s.storage == f"sqlite:///{tmp_path}/demo/optuna.db"
+
+
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        ("study.search.preprocess.filter=[{name: median, size: 3.5}]", "must be an integer"),
+        ("study.search.preprocess.filter=[{name: median, size: 4}]", "must be odd"),
+        ("study.search.preprocess.filter=[{name: medain, size: 3}]", "name='medain': unknown filter step; allowed: gaussian, mean, median, none"),
+        ("study.search.preprocess.filter=[{name: median, kernel: 3}]", "unknown parameter of filter step 'median'"),
+        ("+study.search.preprocess.blur=[none]", "study.search.preprocess.blur: unknown key"),
+        ("+study.search.models.cellpos={}", "unknown model family 'cellpos'"),
+        ("+study.search.models.classical.params.threshold=[otsu, magic]", "'magic': not allowed"),
+        ("~study.search.models.classical.params.min_distance;+study.search.models.classical.params.min_distance={low: 2, high: 9}", "sampler=grid: the space has {low, high} ranges"),
+        ("study.images.folder=no/such/folder", "study.images.folder='"),
+        ("+study.imagez=1", "study.imagez: unknown key"),
+        ("+study.reshape.tile.size=[0, 64]", "study.reshape.tile.size"),
+        ("study.score.objective=f2", "study.score.objective='f2'"),
+    ],
+)
+def test_bad_values_are_named(tmp_path, override, expected):
+    with pytest.raises(ConfigError) as err:
+        validate(_compose(*override.split(";")), base=tmp_path)
+    assert expected in str(err.value)
+
+
+def test_missing_folder_error_names_data_source(tmp_path):
+    cfg = _compose("study.images.folder=nowhere", "+study.data_source='Download BBBC038 into data/bbbc038'")
+    with pytest.raises(ConfigError, match="Download BBBC038"):
+        validate(cfg, base=tmp_path)
+
+
+def test_cli_unknown_top_level_key_exits_nonzero_and_writes_nothing(tmp_path):
+    r = run_cli("n_trails=3", cwd=tmp_path, timeout=120)
+    assert r.returncode != 0
+    assert "n_trails" in r.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cli_bad_study_value_exits_2_and_writes_nothing(tmp_path):
+    r = run_cli("study.search.preprocess.filter=[{name: median, size: 3.5}]", cwd=tmp_path, timeout=120)
+    assert r.returncode == 2, r.stderr
+    assert "study.search.preprocess.filter[0].size=3.5: must be an integer" in r.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cli_unknown_study_lists_choices(tmp_path):
+    r = run_cli("study=kidny", cwd=tmp_path, timeout=120)
+    assert r.returncode != 0
+    assert "kidny" in r.stderr and "demo" in r.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_tests_study_config_is_found_through_searchpath(tmp_path):
+    cfg = None
+    register_resolvers()
+    with initialize_config_module(config_module="opsef_opt.conf", version_base="1.3"):
+        cfg = compose(config_name="config", overrides=["study=tiny", f"hydra.searchpath=[file://{TEST_CONF}]"])
+    assert validate(cfg, base=Path(tmp_path)).study.name == "tiny"
