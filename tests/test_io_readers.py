@@ -202,6 +202,20 @@ def test_tiff_samples_are_colour_only_when_photometric_rgb(tmp_path):
     np.testing.assert_array_equal(rgb.data, np.moveaxis(arr, 0, -1))
 
 
+def test_tiff_jpeg_stack_decodes_with_or_without_imagecodecs(tmp_path):
+    from PIL import Image as PILImage
+
+    yy, xx = np.mgrid[0:24, 0:32]
+    arr = np.stack([(yy * 4 + xx * 3 + 10 * k) % 256 for k in range(7)]).astype(np.uint8)
+    frames = [PILImage.fromarray(f) for f in arr]
+    path = tmp_path / "jpeg_stack.tif"
+    frames[0].save(path, save_all=True, append_images=frames[1:], compression="jpeg", quality=95)
+    im = read_tiff(path)
+    assert (im.axes, im.data.shape, im.data.dtype) == ("ZYX", (7, 24, 32), np.uint8)
+    assert im.meta["decoder"] in ("tifffile", "pillow")  # pillow when imagecodecs is missing
+    assert np.abs(im.data.astype(int) - arr).mean() < 4  # lossy, but the same planes in order
+
+
 def test_tiff_truncated_2d(data, tmp_path):
     path = tmp_path / "cut.tif"
     raw = (data / "gt/dsb2018_256/image.tif").read_bytes()

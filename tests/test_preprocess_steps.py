@@ -122,7 +122,9 @@ def test_every_step_keeps_shape_float32_01(key, cell, ihc):
 
 
 @pytest.mark.parametrize(
-    "func", [s.func for _, s in pp.STEPS.items() if s.planewise], ids=lambda f: f.__name__
+    "func",
+    [s.func for _, s in pp.STEPS.items() if s.planewise],
+    ids=lambda f: f.__name__,
 )
 def test_planewise_functions_direct_call(func, cell):
     plane = cell[:100, :120]
@@ -227,7 +229,11 @@ def test_rolling_ball_shrink_close_to_exact(cell):
 
 @pytest.mark.parametrize(
     "func, kwargs",
-    [(pp.equalize, {}), (pp.clahe, {}), (pp.clahe, {"clip_limit": 0.05, "tile_grid": 4})],
+    [
+        (pp.equalize, {}),
+        (pp.clahe, {}),
+        (pp.clahe, {"clip_limit": 0.05, "tile_grid": 4}),
+    ],
     ids=["equalize", "clahe_default", "clahe_tuned"],
 )
 def test_histogram_raises_contrast(func, kwargs, cell):
@@ -295,6 +301,7 @@ def test_step_label():
     assert pp.step_label("none") == "none"
     assert pp.step_label("sobel", {}) == "sobel"
     assert pp.step_label("stain", {"stain": "dab"}) == "stain(stain=dab)"
-    assert pp.step_label("gaussian", {"sigma": np.float64(1.0)}) == "gaussian(sigma=1.0)"
+    sigma = {"sigma": np.float64(1.0)}
+    assert pp.step_label("gaussian", sigma) == "gaussian(sigma=1.0)"
     assert pp.step_label("x", {"a": 0.1 + 0.2}) != pp.step_label("x", {"a": 0.3})
     assert pp.step_label("x", {"flag": True, "n": None}) == "x(flag=true,n=null)"

@@ -111,10 +111,13 @@ def _read_with_pillow(path: Path, shape: tuple[int, ...], exc: Exception) -> np.
                 frames.append(np.asarray(pil))
     except Exception as pil_exc:
         raise ValueError(f"{hint}; Pillow failed too: {pil_exc}") from exc
-    data = np.stack(frames) if len(frames) > 1 else frames[0]
-    if data.size != int(np.prod(shape)):
-        raise ValueError(f"{hint}; Pillow decoded a different shape {data.shape}, expected {shape}")
-    return data.reshape(shape)
+    frame = frames[0].shape
+    lead = shape[: len(shape) - len(frame)]
+    if shape[len(lead):] != frame or len(frames) != int(np.prod(lead)) or any(
+            f.shape != frame for f in frames):
+        raise ValueError(f"{hint}; Pillow decoded {len(frames)} page(s) of shape {frame}, "
+                         f"which do not make up the expected {shape}")
+    return np.stack(frames).reshape(shape)
 
 
 def _map_axes(
@@ -133,6 +136,11 @@ def _map_axes(
                 f"(file axes {file_axes!r}); give one letter from {_KNOWN} per dimension"
             )
         source = "argument"
+        if "S" in mapped and shape[mapped.index("S")] not in (3, 4):
+            raise ImageReadError(
+                f"{where}: images.axes={axes!r} marks an axis of length "
+                f"{shape[mapped.index('S')]} as RGB samples (S needs 3 or 4); use C for channels"
+            )
     else:
         letters = []
         source = "file"

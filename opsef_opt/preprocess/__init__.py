@@ -22,7 +22,12 @@ from .histogram import clahe, equalize
 from .identity import identity
 from .invert import invert
 from .normalize import normalize01
-from .projection import max_projection, mean_projection, median_projection, sum_projection
+from .projection import (
+    max_projection,
+    mean_projection,
+    median_projection,
+    sum_projection,
+)
 from .registry import SLOTS, STEPS, StepSpec, get_step, step, steps_in_slot
 
 __all__ = [

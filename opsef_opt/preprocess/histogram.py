@@ -58,7 +58,9 @@ def equalize(image: np.ndarray) -> np.ndarray:
         ),
     ),
 )
-def clahe(image: np.ndarray, clip_limit: float = 0.01, tile_grid: int = 8) -> np.ndarray:
+def clahe(
+    image: np.ndarray, clip_limit: float = 0.01, tile_grid: int = 8
+) -> np.ndarray:
     """Contrast-limited adaptive histogram equalisation (CLAHE).
 
     ``skimage.exposure.equalize_adapthist``: equalises each tile's histogram

@@ -64,7 +64,7 @@ for _func, _name, _what in (
     (max_projection, "max", "Maximum-intensity projection along Z: brightest value"),
     (sum_projection, "sum", "Sum projection along Z: total intensity"),
     (mean_projection, "mean", "Mean projection along Z: average intensity"),
-    (median_projection, "median", "Median projection along Z: robust to single bright planes"),
+    (median_projection, "median", "Median projection along Z: ignores outlier planes"),
 ):
     _func.__doc__ = _doc(_what)
     step("projection", _name, planewise=False)(_func)

@@ -77,7 +77,9 @@ def _check_signature(func: Callable, params: Sequence[Param], where: str) -> Non
     sig = inspect.signature(func).parameters
     for p in params:
         if p.name not in sig:
-            raise TypeError(f"{where}: declared parameter {p.name!r} is not an argument")
+            raise TypeError(
+                f"{where}: declared parameter {p.name!r} is not an argument"
+            )
         default = sig[p.name].default
         if default is not inspect.Parameter.empty and default != p.default:
             raise TypeError(

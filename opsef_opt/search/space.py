@@ -54,6 +54,13 @@ class Pipeline:
     def preprocess_label(self) -> str:
         return " > ".join(label for _, label in self.step_labels if label != "none") or "none"
 
+    @property
+    def label(self) -> str:
+        """One readable line, e.g. ``median(size=3) > clahe(clip_limit=0.02) | classical(min_distance=5)``."""
+        from opsef_opt.preprocess import step_label
+
+        return f"{self.preprocess_label} | {step_label(self.model.label, self.model_params)}"
+
 
 class _Chooser:
     """Uniform access to 'pick one of' and 'pick in range' for trials and fixed dicts."""

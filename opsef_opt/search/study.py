@@ -19,6 +19,7 @@ import logging
 import signal
 import time
 import warnings
+from datetime import datetime
 
 import optuna
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
@@ -200,9 +201,10 @@ def run_search(settings: Settings) -> optuna.Study:
     log.info("study %s: %d images/items, objective %s, budget %d trials (%s sampler)",
              study.study_name, len(items), score.name, budget, settings.study.search.sampler)
     waited = False
+    started: set[int] = set()
     try:
         while True:
-            optuna.storages.fail_stale_trials(study)
+            _fail_stale(study, settings.heartbeat_grace, started)
             done, running = count_trials(study)
             if done >= budget:
                 break
@@ -229,6 +231,25 @@ def run_search(settings: Settings) -> optuna.Study:
     )
     study.set_user_attr("cache_stats", ctx.cache.stats)
     return study
+
+
+def _fail_stale(study: optuna.Study, grace: int, started: set[int]) -> None:
+    """Fail (and requeue) trials whose process died, including those killed before their first heartbeat.
+
+    Optuna only judges trials that recorded a heartbeat; a process killed
+    between creating a trial and its first heartbeat would leave it RUNNING
+    forever. For a RUNNING trial older than the grace period we record one
+    heartbeat on its behalf (once): a live trial refreshes it anyway, a dead
+    one then goes stale after another grace period.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
+    now = datetime.now()
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if t._trial_id not in started and t.datetime_start and (now - t.datetime_start).total_seconds() > grace:
+            study._storage.record_heartbeat(t._trial_id)
+            started.add(t._trial_id)
 
 
 def _best_value(study: optuna.Study) -> float | None:

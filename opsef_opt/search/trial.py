@@ -94,10 +94,10 @@ def run_trial(trial: optuna.Trial, ctx: TrialContext) -> float:
     pipeline = suggest_pipeline(trial, ctx.space)
     run_id = ctx.tracker.start_trial(
         ctx.parent_run_id, trial.number, ctx.study_name, pipeline.flat,
-        tags={"pipeline": f"{pipeline.preprocess_label} | {pipeline.model.label}"},
+        tags={"pipeline": pipeline.label},
     )
     trial.set_user_attr("mlflow_run_id", run_id)
-    trial.set_user_attr("pipeline", f"{pipeline.preprocess_label} | {pipeline.model.label}")
+    trial.set_user_attr("pipeline", pipeline.label)
     try:
         with tempfile.TemporaryDirectory(prefix="opsef-trial-") as tmp:
             value, metrics = _evaluate(ctx, pipeline, Path(tmp))

@@ -1,0 +1,181 @@
+"""End-to-end through the real CLI: a study runs, is tracked, survives kill -9 and bad images."""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import sqlite3
+import time
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pandas as pd
+import pytest
+import tifffile
+from mlflow import MlflowClient
+from PIL import Image as PILImage
+
+from conftest import DEMO, TEST_CONF, popen_cli, run_cli
+
+pytestmark = pytest.mark.slow
+
+TINY = ["study=tiny", f"hydra.searchpath=[file://{TEST_CONF}]"]
+
+
+def _study(tmp: Path, name: str = "tiny") -> optuna.Study:
+    return optuna.load_study(study_name=f"{name}/search", storage=f"sqlite:///{tmp}/studies/{name}/optuna.db")
+
+
+def _child_runs(tmp: Path, experiment: str):
+    client = MlflowClient(f"sqlite:///{tmp}/studies/mlflow.db")
+    exp = client.get_experiment_by_name(experiment)
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    return client, parents, children
+
+
+def _states(study):
+    return [t.state for t in study.get_trials(deepcopy=False)]
+
+
+def test_short_study_completes_with_leaderboard_and_mlflow_runs(tmp_path):
+    r = run_cli(*TINY, "n_trials=4", cwd=tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "study tiny/search" in r.stdout and "mlflow ui --backend-store-uri sqlite:///" in r.stdout
+    study = _study(tmp_path)
+    assert _states(study).count(optuna.trial.TrialState.COMPLETE) == 4
+    board = pd.read_csv(tmp_path / "studies" / "tiny" / "leaderboard.csv")
+    assert len(board) == 4 and board["score"].is_monotonic_decreasing
+
+    client, parents, children = _child_runs(tmp_path, "tiny")
+    assert len(parents) == 1 and len(children) == 4
+    by_id = {r.info.run_id: r for r in children}
+    for t in study.get_trials(states=(optuna.trial.TrialState.COMPLETE,)):
+        run = by_id[t.user_attrs["mlflow_run_id"]]
+        assert run.data.tags["optuna.trial"] == str(t.number)
+        assert run.data.tags["optuna.study"] == "tiny/search"
+        assert run.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
+        assert run.info.status == "FINISHED"
+        assert run.data.params["model"] == "classical"
+        assert run.data.params["pre.filter"] in ("none", "median(size=3)")
+        assert abs(run.data.metrics["score"] - t.value) < 1e-9
+        for key in ("n_objects_mean", "mean_object_area", "time_preprocess_s", "time_segment_s",
+                    "time_score_s", "time_log_s", "f1.dsb2018_256", "mean_matched_iou.mitocheck_hela"):
+            assert key in run.data.metrics, key
+    # artifacts of one run, read back like a user would
+    run = children[0]
+    local = Path(client.download_artifacts(run.info.run_id, "images", str(tmp_path / "dl")))
+    assert sorted(p.name for p in local.iterdir()) == ["dsb2018_256", "mitocheck_hela"]
+    labels = tifffile.imread(local / "dsb2018_256" / "labels.tif")
+    assert labels.dtype == np.int32 and labels.shape == (256, 256)
+    assert labels.max() == run.data.metrics["n_objects.dsb2018_256"]
+    overlay = np.asarray(PILImage.open(local / "dsb2018_256" / "overlay.png"))
+    assert overlay.shape == (256, 256, 3) and overlay.dtype == np.uint8
+    assert ((overlay == (255, 255, 0)).all(-1)).sum() > 100  # outlines are drawn
+    table = pd.read_csv(local / "mitocheck_hela" / "regions.csv")
+    assert {"label", "area", "centroid_y", "centroid_x", "perimeter", "eccentricity", "solidity",
+            "intensity_mean", "intensity_min", "intensity_max"} <= set(table.columns)
+    assert len(table) == run.data.metrics["n_objects.mitocheck_hela"]
+
+
+def _running_trial_and_complete(db: Path) -> tuple[int, int]:
+    try:
+        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1)
+        rows = con.execute("select state from trials").fetchall()
+        con.close()
+    except sqlite3.Error:
+        return 0, 0
+    states = [r[0] for r in rows]
+    return states.count("RUNNING"), states.count("COMPLETE")
+
+
+def test_kill_9_mid_trial_then_resume_completes_budget_once(tmp_path):
+    args = [*TINY, "n_trials=6", "heartbeat.interval=1", "heartbeat.grace=2"]
+    proc = popen_cli(*args, cwd=tmp_path)
+    db = tmp_path / "studies" / "tiny" / "optuna.db"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        running, complete = _running_trial_and_complete(db)
+        if complete >= 2 and running == 1:
+            os.kill(proc.pid, signal.SIGKILL)
+            break
+        if proc.poll() is not None:
+            pytest.fail("study finished before it could be killed:\n" + proc.stdout.read())
+        time.sleep(0.005)
+    proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL
+    study = _study(tmp_path)
+    assert optuna.trial.TrialState.RUNNING in _states(study)
+
+    r = run_cli(*args, cwd=tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    study = _study(tmp_path)
+    states = _states(study)
+    assert states.count(optuna.trial.TrialState.COMPLETE) == 6
+    assert states.count(optuna.trial.TrialState.FAIL) == 1
+    assert len(states) == 7  # nothing duplicated: the 6 grid points + 1 interrupted attempt
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len({tuple(sorted(t.params.items())) for t in complete}) == 6
+
+    client, parents, children = _child_runs(tmp_path, "tiny")
+    assert len(parents) == 1  # the resumed run continues the same parent run
+    attempts = [t for t in study.trials if "mlflow_run_id" in t.user_attrs]
+    assert len(children) == len(attempts) >= 6
+    status = {r.info.run_id: r.info.status for r in children}
+    for t in attempts:
+        expected = "FINISHED" if t.state == optuna.trial.TrialState.COMPLETE else "KILLED"
+        assert status[t.user_attrs["mlflow_run_id"]] == expected
+    for t in complete:
+        arts = client.list_artifacts(t.user_attrs["mlflow_run_id"], "images/dsb2018_256")
+        assert {Path(a.path).name for a in arts} == {"overlay.png", "labels.tif", "regions.csv"}
+
+
+def test_corrupt_tiff_is_reported_and_the_study_goes_on(tmp_path):
+    images = tmp_path / "images"
+    shutil.copytree(DEMO / "images", images)
+    good = (DEMO / "images" / "dsb2018_256.tif").read_bytes()
+    (images / "broken.tif").write_bytes(good[: len(good) // 3])
+    (images / "not_an_image.tif").write_bytes(b"hello, I am not a TIFF")
+    r = run_cli(*TINY, "n_trials=2", f"study.images.folder={images}", cwd=tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    out = r.stdout + r.stderr
+    assert "broken.tif" in out and "not_an_image.tif" in out
+    study = _study(tmp_path)
+    assert _states(study).count(optuna.trial.TrialState.COMPLETE) == 2
+    _, parents, children = _child_runs(tmp_path, "tiny")
+    assert "broken.tif" in parents[0].data.tags["skipped_images"]
+    assert {"f1.dsb2018_256", "f1.mitocheck_hela"} <= set(children[0].data.metrics)
+
+
+def test_failing_pipeline_fails_only_its_trials(tmp_path):
+    # a colour step on grayscale images is a pipeline error: those trials fail with the reason
+    r = run_cli(*TINY, "n_trials=12", "+study.search.preprocess.color=[none, grayscale]", cwd=tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    study = _study(tmp_path)
+    failed = [t for t in study.trials if t.state == optuna.trial.TrialState.FAIL]
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(failed) == 6 and len(complete) == 6
+    assert all("RGB" in t.user_attrs["error"] for t in failed)
+    client, _, children = _child_runs(tmp_path, "tiny")
+    failed_runs = [r for r in children if r.info.status == "FAILED"]
+    assert len(failed_runs) == 6 and "RGB" in failed_runs[0].data.tags["opsef.error"]
+    assert "6 failed trial(s)" in r.stdout
+
+
+def test_rerun_of_finished_study_adds_nothing(tmp_path):
+    assert run_cli(*TINY, "n_trials=2", cwd=tmp_path).returncode == 0
+    r = run_cli(*TINY, "n_trials=2", cwd=tmp_path)
+    assert r.returncode == 0
+    done = lambda: _states(_study(tmp_path)).count(optuna.trial.TrialState.COMPLETE)  # noqa: E731
+    assert done() == 2
+    r = run_cli(*TINY, "n_trials=3", cwd=tmp_path)  # a larger budget continues the same study
+    assert r.returncode == 0 and done() == 3
+
+
+def test_changed_search_space_is_refused_with_advice(tmp_path):
+    assert run_cli(*TINY, "n_trials=1", cwd=tmp_path).returncode == 0
+    r = run_cli(*TINY, "n_trials=2", "study.search.models.classical.params.min_distance=[2,4]", cwd=tmp_path)
+    assert r.returncode == 2
+    assert "changed since it was created" in r.stderr and "study.name=NEW_NAME" in r.stderr
