@@ -189,9 +189,10 @@ def run_search(settings: Settings) -> optuna.Study:
         tags={"optuna.study": study.study_name, "opsef.stage": STAGE},
     )
     study.set_user_attr(f"mlflow_parent_run:{STAGE}", parent)
-    tracker.log(parent, params={"n_trials": budget, "seed": settings.seed, "sampler": settings.study.search.sampler,
-                                "objective": score.name, "n_items": len(items)},
-                tags={"skipped_images": "\n".join(problems)} if problems else None)
+    # tags, not params: a resumed run may change the budget or seed, and params are immutable
+    tracker.log(parent, tags={"n_trials": budget, "seed": settings.seed, "sampler": settings.study.search.sampler,
+                              "objective": score.name, "n_items": len(items),
+                              "skipped_images": "\n".join(problems) or "none"})
     ctx = TrialContext(
         study.study_name, settings.study.search, items, score, score_options,
         PreprocessCache(settings.study_dir / "cache" / "preprocess"), tracker, parent, settings.log_artifacts,
