@@ -16,12 +16,13 @@ def leaderboard(study: optuna.Study) -> pd.DataFrame:
     for t in study.get_trials(deepcopy=False):
         if t.state not in (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED):
             continue
+        summary = t.user_attrs.get("summary", {})
         rows.append({
             "trial": t.number,
             "state": t.state.name,
             "score": t.value,
-            "pipeline": t.user_attrs.get("pipeline", ""),
-            "n_objects_mean": t.user_attrs.get("n_objects_mean"),
+            "pipeline": summary.get("pipeline", ""),
+            "n_objects_mean": summary.get("n_objects_mean"),
             "seconds": (t.datetime_complete - t.datetime_start).total_seconds()
             if t.datetime_complete and t.datetime_start else None,
             "error": t.user_attrs.get("error", "interrupted" if t.state == TrialState.FAIL else ""),

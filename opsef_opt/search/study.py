@@ -29,9 +29,10 @@ from opsef_opt.config import ConfigError, Settings
 from opsef_opt.io.dataset import load_items
 from opsef_opt.preprocess.cache import PreprocessCache
 from opsef_opt.score import SCORES, ScoreFn
-from opsef_opt.search.space import grid_points
-from opsef_opt.search.trial import TrialContext, TrialFailed, run_trial
+from opsef_opt.search.space import grid_points, pipeline_from_params
+from opsef_opt.search.trial import TrialContext, TrialFailed, evaluate, record_trial, run_trial
 from opsef_opt.track import Tracker
+from opsef_opt.track.recorder import Recorder
 
 __all__ = ["run_search", "open_study", "count_trials", "StudyError"]
 
@@ -99,10 +100,10 @@ def open_study(settings: Settings, stage: str = STAGE) -> optuna.Study:
     )
 
 
-def count_trials(study: optuna.Study) -> tuple[int, int]:
+def count_trials(trials: list[optuna.trial.FrozenTrial]) -> tuple[int, int]:
     """(trials that count against the budget, trials running now)."""
     done = running = 0
-    for t in study.get_trials(deepcopy=False):
+    for t in trials:
         if t.state in (TrialState.COMPLETE, TrialState.PRUNED) or (
             t.state == TrialState.FAIL and "error" in t.user_attrs
         ):
@@ -144,7 +145,7 @@ def _enqueue_grid(study: optuna.Study, settings: Settings) -> int:
     points = grid_points(settings.study.search, settings.seed)
     if not study.user_attrs.get("grid_enqueued"):
         for p in points:
-            study.enqueue_trial(p, skip_if_exists=True)
+            study.enqueue_trial(p)
         study.set_user_attr("grid_enqueued", True)
     return len(points)
 
@@ -193,10 +194,13 @@ def run_search(settings: Settings) -> optuna.Study:
     tracker.log(parent, tags={"n_trials": budget, "seed": settings.seed, "sampler": settings.study.search.sampler,
                               "objective": score.name, "n_items": len(items),
                               "skipped_images": "\n".join(problems) or "none"})
+    recorder = Recorder()
     ctx = TrialContext(
         study.study_name, settings.study.search, items, score, score_options,
-        PreprocessCache(settings.study_dir / "cache" / "preprocess"), tracker, parent, settings.log_artifacts,
+        PreprocessCache(settings.study_dir / "cache" / "preprocess"), tracker, parent, recorder,
+        settings.log_artifacts,
     )
+    _record_unrecorded(study, ctx)
     previous = signal.signal(signal.SIGTERM, _raise_on_sigterm)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     log.info("study %s: %d images/items, objective %s, budget %d trials (%s sampler)",
@@ -205,8 +209,8 @@ def run_search(settings: Settings) -> optuna.Study:
     started: set[int] = set()
     try:
         while True:
-            _fail_stale(study, settings.heartbeat_grace, started)
-            done, running = count_trials(study)
+            trials = _fail_stale(study, settings.heartbeat_grace, started)
+            done, running = count_trials(trials)
             if done >= budget:
                 break
             if done + running >= budget:
@@ -217,13 +221,15 @@ def run_search(settings: Settings) -> optuna.Study:
                 time.sleep(settings.heartbeat_interval)
                 continue
             study.optimize(lambda t: run_trial(t, ctx), n_trials=1, catch=(TrialFailed,), gc_after_trial=False)
-            _report_last(study, done + 1, budget)
+            _report(ctx.last, done + 1, budget)
     except KeyboardInterrupt:
+        recorder.close()
         _requeue_interrupted(study)
         tracker.close_parent(parent, {}, {"opsef.status": "interrupted"}, status="KILLED")
         raise
     finally:
         signal.signal(signal.SIGTERM, previous)
+    recorder.close()
     best = _best_value(study)
     tracker.close_parent(
         parent,
@@ -234,8 +240,8 @@ def run_search(settings: Settings) -> optuna.Study:
     return study
 
 
-def _fail_stale(study: optuna.Study, grace: int, started: set[int]) -> None:
-    """Fail (and requeue) trials whose process died, including those killed before their first heartbeat.
+def _fail_stale(study: optuna.Study, grace: int, started: set[int]) -> list[optuna.trial.FrozenTrial]:
+    """Fail (and requeue) trials whose process died; return the study's trials afterwards.
 
     Optuna only judges trials that recorded a heartbeat; a process killed
     between creating a trial and its first heartbeat would leave it RUNNING
@@ -246,11 +252,34 @@ def _fail_stale(study: optuna.Study, grace: int, started: set[int]) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         optuna.storages.fail_stale_trials(study)
+    trials = study.get_trials(deepcopy=False)
     now = datetime.now()
-    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        if t._trial_id not in started and t.datetime_start and (now - t.datetime_start).total_seconds() > grace:
+    for t in trials:
+        if (t.state == TrialState.RUNNING and t._trial_id not in started and t.datetime_start
+                and (now - t.datetime_start).total_seconds() > grace):
             study._storage.record_heartbeat(t._trial_id)
             started.add(t._trial_id)
+    return trials
+
+
+def _record_unrecorded(study: optuna.Study, ctx: TrialContext) -> None:
+    """Record again the completed trials whose recording a killed process did not finish.
+
+    The pipeline is deterministic, so re-evaluating it reproduces the labels;
+    the model and preprocessing caches make this cheap.
+    """
+    runs = ctx.tracker.client.search_runs(
+        [ctx.tracker.experiment_id],
+        filter_string=f"attributes.status = 'RUNNING' and tags.`optuna.study` = '{study.study_name}'",
+        max_results=1000,
+    )
+    open_runs = {r.info.run_id for r in runs}
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        run_id = t.user_attrs.get("mlflow_run_id")
+        if run_id in open_runs:
+            log.info("recording trial %d again (its process was killed while recording it)", t.number)
+            value, metrics, outputs = evaluate(ctx, pipeline_from_params(ctx.space, t.params))
+            record_trial(ctx.tracker, run_id, outputs if ctx.log_artifacts else [], metrics)
 
 
 def _best_value(study: optuna.Study) -> float | None:
@@ -258,10 +287,8 @@ def _best_value(study: optuna.Study) -> float | None:
     return max(values) if values else None
 
 
-def _report_last(study: optuna.Study, n: int, budget: int) -> None:
-    t = study.get_trials(deepcopy=False)[-1]
-    if t.state == TrialState.COMPLETE:
-        log.info("[%d/%d] trial %d  score %.4f  %s", n, budget, t.number, t.value, t.user_attrs.get("pipeline", ""))
-    elif t.state == TrialState.FAIL:
-        log.warning("[%d/%d] trial %d FAILED: %s", n, budget, t.number, t.user_attrs.get("error", "interrupted"))
-
+def _report(last: dict, n: int, budget: int) -> None:
+    if last.get("error"):
+        log.warning("[%d/%d] trial %d FAILED: %s", n, budget, last["number"], last["error"])
+    elif "value" in last:
+        log.info("[%d/%d] trial %d  score %.4f  %s", n, budget, last["number"], last["value"], last["pipeline"])

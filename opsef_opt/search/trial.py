@@ -18,8 +18,9 @@ from opsef_opt.search.space import Pipeline, suggest_pipeline
 from opsef_opt.config import SearchSpec
 from opsef_opt.segment import load_segmenter, model_cache_info
 from opsef_opt.track import Tracker, region_table, write_image_artifacts
+from opsef_opt.track.recorder import Recorder
 
-__all__ = ["TrialFailed", "TrialContext", "run_trial"]
+__all__ = ["TrialFailed", "TrialContext", "ImageOutput", "evaluate", "record_trial", "run_trial"]
 
 
 class TrialFailed(Exception):
@@ -38,19 +39,31 @@ class TrialContext:
     cache: PreprocessCache
     tracker: Tracker
     parent_run_id: str
+    recorder: Recorder
     log_artifacts: bool = True
-    timings: list[dict[str, float]] = field(default_factory=list)
+    last: dict[str, Any] = field(default_factory=dict)  # outcome of the latest trial, for progress lines
 
 
 def _safe(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
 
 
-def _evaluate(ctx: TrialContext, pipeline: Pipeline, art_dir: Path) -> tuple[float, dict[str, float]]:
-    """Run the pipeline on every item; return the trial score and its metrics."""
+@dataclass
+class ImageOutput:
+    """What a trial produced for one item, kept until it is recorded."""
+
+    name: str
+    labels: np.ndarray
+    shown: np.ndarray  # the preprocessed image the model saw (overlay background)
+    raw: np.ndarray  # the image intensities are measured on
+
+
+def evaluate(ctx: TrialContext, pipeline: Pipeline) -> tuple[float, dict[str, float], list[ImageOutput]]:
+    """Run the pipeline on every item; return the trial score, its metrics and the outputs."""
     model = load_segmenter(pipeline.model.family, **pipeline.model.init)
-    t = dict(time_preprocess_s=0.0, time_segment_s=0.0, time_score_s=0.0, time_artifacts_s=0.0)
+    t = dict(time_preprocess_s=0.0, time_segment_s=0.0, time_score_s=0.0)
     metrics: dict[str, float] = {}
+    outputs: list[ImageOutput] = []
     scores, counts, areas = [], [], []
     for item in ctx.items:
         t0 = time.perf_counter()
@@ -59,22 +72,18 @@ def _evaluate(ctx: TrialContext, pipeline: Pipeline, art_dir: Path) -> tuple[flo
         t1 = time.perf_counter()
         seg = model(image, axes, **pipeline.model_params)
         t2 = time.perf_counter()
-        result = ImageResult(seg.labels, image, item.truth)
-        values = ctx.score.func(result, **ctx.score_options)
+        values = ctx.score.func(ImageResult(seg.labels, image, item.truth), **ctx.score_options)
         t3 = time.perf_counter()
-        score = float(values[ctx.score.key])
+        for k, dt in zip(t, (t1 - t0, t2 - t1, t3 - t2)):
+            t[k] += dt
         n = int(seg.labels.max())
-        scores.append(score)
+        scores.append(float(values[ctx.score.key]))
         counts.append(n)
         areas.append(float(np.count_nonzero(seg.labels)) / max(n, 1))
         metrics.update({f"{k}.{item.name}": v for k, v in values.items()})
         metrics[f"n_objects.{item.name}"] = n
-        if ctx.log_artifacts:
-            raw = item.data if item.axes == "YX" and item.data.shape == seg.labels.shape else image
-            write_image_artifacts(art_dir / _safe(item.name), seg.labels, image, region_table(seg.labels, raw))
-        t4 = time.perf_counter()
-        for k, dt in zip(t, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
-            t[k] += dt
+        raw = item.data if item.axes == "YX" and item.data.shape == seg.labels.shape else image
+        outputs.append(ImageOutput(item.name, seg.labels, image, raw))
     value = float(np.mean(scores))
     metrics.update(t)
     metrics.update(
@@ -85,11 +94,24 @@ def _evaluate(ctx: TrialContext, pipeline: Pipeline, art_dir: Path) -> tuple[flo
         cache_computed=ctx.cache.stats["computed"],
         model_loads=model_cache_info()["loads"],
     )
-    return value, metrics
+    return value, metrics, outputs
+
+
+def record_trial(tracker: Tracker, run_id: str, outputs: list[ImageOutput], metrics: dict[str, float]) -> None:
+    """Write each image's overlay, labels and region table, log them with the metrics, close the run."""
+    t0 = time.perf_counter()
+    if outputs:
+        with tempfile.TemporaryDirectory(prefix="opsef-trial-") as tmp:
+            for o in outputs:
+                write_image_artifacts(Path(tmp) / _safe(o.name), o.labels, o.shown, region_table(o.labels, o.raw))
+            tracker.log_folder(run_id, Path(tmp), "images")
+    metrics = {**metrics, "time_record_s": time.perf_counter() - t0}
+    tracker.log(run_id, metrics=metrics, tags={"opsef.status": "complete"})
+    tracker.finish(run_id, "FINISHED")
 
 
 def run_trial(trial: optuna.Trial, ctx: TrialContext) -> float:
-    """Optuna objective: evaluate one sampled pipeline and record everything about it."""
+    """Optuna objective: evaluate one sampled pipeline; its recording is handed to the recorder."""
     started = time.perf_counter()
     pipeline = suggest_pipeline(trial, ctx.space)
     run_id = ctx.tracker.start_trial(
@@ -97,14 +119,9 @@ def run_trial(trial: optuna.Trial, ctx: TrialContext) -> float:
         tags={"pipeline": pipeline.label},
     )
     trial.set_user_attr("mlflow_run_id", run_id)
-    trial.set_user_attr("pipeline", pipeline.label)
+    ctx.last = {"number": trial.number, "pipeline": pipeline.label}
     try:
-        with tempfile.TemporaryDirectory(prefix="opsef-trial-") as tmp:
-            value, metrics = _evaluate(ctx, pipeline, Path(tmp))
-            t0 = time.perf_counter()
-            if ctx.log_artifacts:
-                ctx.tracker.log_folder(run_id, Path(tmp), "images")
-            metrics["time_log_s"] = time.perf_counter() - t0
+        value, metrics, outputs = evaluate(ctx, pipeline)
     except KeyboardInterrupt:
         trial.set_user_attr("interrupted", True)
         ctx.tracker.finish(run_id, "KILLED", tags={"opsef.status": "interrupted"})
@@ -112,12 +129,15 @@ def run_trial(trial: optuna.Trial, ctx: TrialContext) -> float:
     except Exception as e:  # any failure of this pipeline: record it, let the study go on
         reason = f"{type(e).__name__}: {e}"
         trial.set_user_attr("error", reason)
+        trial.set_user_attr("summary", {"pipeline": pipeline.label})
+        ctx.last["error"] = reason
         ctx.tracker.finish(run_id, "FAILED", tags={"opsef.status": "failed", "opsef.error": reason})
         raise TrialFailed(reason) from e
     metrics["time_trial_s"] = time.perf_counter() - started
-    ctx.tracker.log(run_id, metrics=metrics)
-    ctx.tracker.finish(run_id, "FINISHED", tags={"opsef.status": "complete"})
-    for key in ("n_objects_mean", "time_preprocess_s", "time_segment_s", "time_trial_s"):
-        trial.set_user_attr(key, metrics[key])
-    ctx.timings.append({k: v for k, v in metrics.items() if k.startswith("time_")})
+    # one storage write for everything the leaderboard shows
+    trial.set_user_attr("summary", {"pipeline": pipeline.label, **{
+        k: metrics[k] for k in ("n_objects_mean", "time_preprocess_s", "time_segment_s", "time_trial_s")}})
+    ctx.recorder.submit(f"trial {trial.number}", record_trial, ctx.tracker, run_id,
+                        outputs if ctx.log_artifacts else [], metrics)
+    ctx.last["value"] = value
     return value

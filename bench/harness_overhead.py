@@ -1,0 +1,86 @@
+"""How much of a study's time goes to the harness rather than to preprocessing + segmentation?
+
+Runs a study through the real CLI in a fresh folder (default: the demo study),
+then reads the Optuna storage and MLflow store it produced and prints:
+
+- wall time of the command and of the search loop (first trial start → last trial end);
+- time in preprocessing and in segmentation (measured inside each trial);
+- the share of search-loop time spent outside preprocessing + segmentation
+  (scoring, Optuna storage, MLflow, artifacts: everything else), overall and
+  as a fixed cost in ms per trial, and the model time per trial at which that
+  fixed cost would be 5 %;
+- preprocessing computations vs. cache hits.
+
+Usage: python bench/harness_overhead.py [--keep DIR] [hydra overrides ...]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import optuna
+from mlflow import MlflowClient
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--keep", type=Path, help="run in this folder and keep it (default: a temporary folder)")
+    ap.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. study=demo n_trials=48")
+    args = ap.parse_args()
+    work = args.keep or Path(tempfile.mkdtemp(prefix="opsef-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "opsef_opt", *args.overrides], cwd=work,
+                          capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        sys.exit(f"study failed:\n{proc.stdout}\n{proc.stderr}")
+
+    dbs = list((work / "studies").glob("*/optuna.db"))
+    (db,) = dbs
+    name = db.parent.name
+    study = optuna.load_study(study_name=f"{name}/search", storage=f"sqlite:///{db}")
+    trials = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+    pre = np.array([t.user_attrs["summary"]["time_preprocess_s"] for t in trials])
+    seg = np.array([t.user_attrs["summary"]["time_segment_s"] for t in trials])
+    loop = (max(t.datetime_complete for t in trials) - min(t.datetime_start for t in trials)).total_seconds()
+    per_trial = [(t.datetime_complete - t.datetime_start).total_seconds() for t in trials]
+
+    client = MlflowClient(f"sqlite:///{work / 'studies' / 'mlflow.db'}")
+    exp = client.get_experiment_by_name(name)
+    runs = client.search_runs([exp.experiment_id], "tags.`opsef.status` = 'complete'", max_results=5000)
+    m = lambda key: np.array([r.data.metrics.get(key, np.nan) for r in runs])  # noqa: E731
+    parent = [r for r in client.search_runs([exp.experiment_id], max_results=5000)
+              if "mlflow.parentRunId" not in r.data.tags][0]
+    cache = json.loads(parent.data.tags.get("cache", "{}"))
+
+    n = len(trials)
+    inside = pre.sum() + seg.sum()
+    outside = loop - inside
+    print(f"study {name}: {n} completed trials, command wall time {wall:.1f} s "
+          f"(start-up, validation and leaderboard {wall - loop:.1f} s), search loop {loop:.1f} s")
+    print(f"per trial (median): Optuna wall {np.median(per_trial) * 1000:.1f} ms, "
+          f"preprocess {np.median(pre) * 1000:.1f} ms, segment {np.median(seg) * 1000:.1f} ms, "
+          f"score {np.nanmedian(m('time_score_s')) * 1000:.1f} ms, "
+          f"recording (background thread) {np.nanmedian(m('time_record_s')) * 1000:.1f} ms")
+    print(f"time in preprocessing {pre.sum():.2f} s + segmentation {seg.sum():.2f} s = {inside:.2f} s "
+          f"of the {loop:.2f} s search loop")
+    print(f"harness overhead (outside preprocessing + segmentation): {outside / loop:.1%} of search-loop time, "
+          f"{outside / n * 1000:.0f} ms per trial")
+    print(f"  -> the overhead is below 5 % once a trial's model time exceeds {outside / n / 0.05:.1f} s "
+          f"(here: {seg.mean():.3f} s per trial)")
+    print(f"preprocessing: {cache.get('computed', '?')} computed, "
+          f"{cache.get('memory_hits', 0)} memory hits + {cache.get('disk_hits', 0)} disk hits")
+    if not args.keep:
+        print(f"(outputs in {work})")
+
+
+if __name__ == "__main__":
+    main()
