@@ -69,7 +69,7 @@ def main() -> None:
     print(f"per trial (median): Optuna wall {np.median(per_trial) * 1000:.1f} ms, "
           f"preprocess {np.median(pre) * 1000:.1f} ms, segment {np.median(seg) * 1000:.1f} ms, "
           f"score {np.nanmedian(m('time_score_s')) * 1000:.1f} ms, "
-          f"recording (background thread) {np.nanmedian(m('time_record_s')) * 1000:.1f} ms")
+          f"recording (background thread) {np.nanmedian(m('time_log_s')) * 1000:.1f} ms")
     print(f"time in preprocessing {pre.sum():.2f} s + segmentation {seg.sum():.2f} s = {inside:.2f} s "
           f"of the {loop:.2f} s search loop")
     print(f"harness overhead (outside preprocessing + segmentation): {outside / loop:.1%} of search-loop time, "

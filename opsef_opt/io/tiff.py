@@ -92,34 +92,6 @@ def _check_extent(series: tifffile.TiffPageSeries, size: int) -> None:
                                  f"file has {size})")
 
 
-def _read_with_pillow(path: Path, shape: tuple[int, ...], exc: Exception) -> np.ndarray:
-    """Decode a compressed TIFF (e.g. JPEG) with Pillow when imagecodecs is absent.
-
-    tifffile needs the optional ``imagecodecs`` package for JPEG and some other
-    compressions; Pillow (a scikit-image dependency) decodes the common ones.
-    The result is only accepted if it has exactly the series' shape, page by
-    page, so a layout Pillow reads differently is reported instead of guessed.
-    """
-    from PIL import Image as PILImage
-
-    hint = f"{exc} (install it with `pip install imagecodecs`, or save the file uncompressed)"
-    try:
-        with PILImage.open(path) as pil:
-            frames = []
-            for i in range(getattr(pil, "n_frames", 1)):
-                pil.seek(i)
-                frames.append(np.asarray(pil))
-    except Exception as pil_exc:
-        raise ValueError(f"{hint}; Pillow failed too: {pil_exc}") from exc
-    frame = frames[0].shape
-    lead = shape[: len(shape) - len(frame)]
-    if shape[len(lead):] != frame or len(frames) != int(np.prod(lead)) or any(
-            f.shape != frame for f in frames):
-        raise ValueError(f"{hint}; Pillow decoded {len(frames)} page(s) of shape {frame}, "
-                         f"which do not make up the expected {shape}")
-    return np.stack(frames).reshape(shape)
-
-
 def _map_axes(
     file_axes: str, shape: tuple[int, ...], colour: bool, axes: str | None, where: str
 ) -> tuple[str, str]:
@@ -231,13 +203,7 @@ def read_tiff(
         with _tifffile_errors() as logged, tifffile.TiffFile(p) as tif:
             series = tif.series[0]
             _check_extent(series, os.path.getsize(p))
-            decoder = "tifffile"
-            try:
-                data = series.asarray()
-            except ValueError as exc:
-                if "imagecodecs" not in str(exc):
-                    raise
-                data, decoder = _read_with_pillow(p, series.shape, exc), "pillow"
+            data = series.asarray()  # JPEG/LZW/... decoded by imagecodecs (a dependency)
             file_axes = series.axes
             colour = tif.pages.first.photometric in _COLOUR_PHOTOMETRIC
             pixel_size = _pixel_size(tif)
@@ -251,7 +217,7 @@ def read_tiff(
 
     mapped, source = _map_axes(file_axes, data.shape, colour, axes, where)
     meta: dict = {"file_axes": file_axes, "file_shape": data.shape, "axes_from": source,
-                  "read_as": mapped, "n_series": n_series, "decoder": decoder}
+                  "read_as": mapped, "n_series": n_series}
 
     # reduce T (first time point) and size-1 unknown axes, one axis at a time
     for letter in ("T", "-"):

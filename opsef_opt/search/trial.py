@@ -105,7 +105,7 @@ def record_trial(tracker: Tracker, run_id: str, outputs: list[ImageOutput], metr
             for o in outputs:
                 write_image_artifacts(Path(tmp) / _safe(o.name), o.labels, o.shown, region_table(o.labels, o.raw))
             tracker.log_folder(run_id, Path(tmp), "images")
-    metrics = {**metrics, "time_record_s": time.perf_counter() - t0}
+    metrics = {**metrics, "time_log_s": time.perf_counter() - t0}
     tracker.log(run_id, metrics=metrics, tags={"opsef.status": "complete"})
     tracker.finish(run_id, "FINISHED")
 
