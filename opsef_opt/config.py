@@ -289,8 +289,47 @@ def _reshape(where: str, node: Mapping) -> ReshapeSpec:
     return ReshapeSpec(b, float(scale), substack, size, overlap)
 
 
-def _step_options(where: str, slot: str, options: Any) -> tuple[StepOption, ...]:
+def _search_values(where: str, declared: Mapping[str, Any], values: Mapping[str, Any], owner: str):
+    """Split a mapping of searched parameter values into (fixed, lists, ranges), each validated.
+
+    A scalar is fixed, a list gives the choices, ``{low, high}`` a range for
+    the sampler. Every value is checked against the parameter's declaration.
+    """
     from opsef_opt.params import ParamError, check_value
+
+    fixed: dict[str, Any] = {}
+    lists: dict[str, tuple] = {}
+    ranges: dict[str, Range] = {}
+    for key, value in values.items():
+        w = f"{where}.{key}"
+        if key not in declared:
+            raise ConfigError(f"{w}: unknown parameter of {owner}; allowed: {', '.join(declared) or '(none)'}")
+        p = declared[key]
+        try:
+            if _is_range(value):
+                rng = _range(w, value)
+                if p.kind not in ("int", "float"):
+                    raise ConfigError(f"{w}: a range needs a numeric parameter; give a list of values")
+                if p.kind == "int" and not (float(rng.low).is_integer() and float(rng.high).is_integer()):
+                    raise ConfigError(f"{w}: integer parameter needs integer low/high")
+                if p.odd:
+                    raise ConfigError(f"{w}: {key} must be odd; give a list of values (e.g. [3, 5, 7]) instead of a range")
+                cast = int if p.kind == "int" else float
+                check_value(p, cast(rng.low), f"{w}.low")
+                check_value(p, cast(rng.high), f"{w}.high")
+                ranges[key] = rng
+            elif isinstance(value, (list, tuple)):
+                if not value:
+                    raise ConfigError(f"{w}: empty list")
+                lists[key] = tuple(check_value(p, v, w) for v in value)
+            else:
+                fixed[key] = check_value(p, value, w)
+        except ParamError as e:
+            raise ConfigError(str(e)) from None
+    return fixed, lists, ranges
+
+
+def _step_options(where: str, slot: str, options: Any) -> tuple[StepOption, ...]:
     from opsef_opt.preprocess import get_step, step_label, steps_in_slot
 
     if not isinstance(options, (list, tuple)) or not options:
@@ -311,37 +350,10 @@ def _step_options(where: str, slot: str, options: Any) -> tuple[StepOption, ...]
             raise ConfigError(
                 f"{w}.name={name!r}: unknown {slot} step; allowed: {', '.join(steps_in_slot(slot))}"
             ) from None
-        declared = {p.name: p for p in spec.params}
-        lists: dict[str, list] = {}
-        fixed: dict[str, Any] = {}
-        ranges: dict[str, Range] = {}
-        for key, value in opt.items():
-            if key == "name":
-                continue
-            if key not in declared:
-                raise ConfigError(
-                    f"{w}.{key}: unknown parameter of {slot} step {name!r}; "
-                    f"allowed: {', '.join(declared) or '(none)'}"
-                )
-            p = declared[key]
-            try:
-                if _is_range(value):
-                    rng = _range(f"{w}.{key}", value)
-                    check_value(p, p.kind == "int" and int(rng.low) or rng.low, f"{w}.{key}.low")
-                    check_value(p, p.kind == "int" and int(rng.high) or rng.high, f"{w}.{key}.high")
-                    if p.kind == "int" and not (float(rng.low).is_integer() and float(rng.high).is_integer()):
-                        raise ConfigError(f"{w}.{key}: integer parameter needs integer low/high")
-                    if p.odd:
-                        raise ConfigError(
-                            f"{w}.{key}: {key} must be odd; give a list of values (e.g. [3, 5, 7]) instead of a range"
-                        )
-                    ranges[key] = rng
-                elif isinstance(value, (list, tuple)):
-                    lists[key] = [check_value(p, v, f"{w}.{key}") for v in value]
-                else:
-                    fixed[key] = check_value(p, value, f"{w}.{key}")
-            except ParamError as e:
-                raise ConfigError(str(e)) from None
+        fixed, lists, ranges = _search_values(
+            w, {p.name: p for p in spec.params}, {k: v for k, v in opt.items() if k != "name"},
+            f"{slot} step {name!r}",
+        )
         # expand lists into one concrete option per combination
         combos: list[dict] = [dict(fixed)]
         for key, values in lists.items():
@@ -357,7 +369,7 @@ def _step_options(where: str, slot: str, options: Any) -> tuple[StepOption, ...]
 
 
 def _models(where: str, node: Mapping) -> tuple[ModelSpec, ...]:
-    from opsef_opt.params import ParamError, check_kwargs, check_value
+    from opsef_opt.params import ParamError, check_kwargs
     from opsef_opt.segment import SEGMENTERS
 
     if not isinstance(node, Mapping) or not node:
@@ -377,31 +389,9 @@ def _models(where: str, node: Mapping) -> tuple[ModelSpec, ...]:
             init = check_kwargs(cls.init_params, dict(entry.get("init") or {}), f"{w}.init")
         except ParamError as e:
             raise ConfigError(str(e)) from None
-        declared = {p.name: p for p in cls.params}
-        fixed, choices, ranges = {}, {}, {}
-        for key, value in (entry.get("params") or {}).items():
-            if key not in declared:
-                raise ConfigError(
-                    f"{w}.params.{key}: unknown parameter of model {family!r}; "
-                    f"allowed: {', '.join(declared) or '(none)'}"
-                )
-            p = declared[key]
-            try:
-                if _is_range(value):
-                    rng = _range(f"{w}.params.{key}", value)
-                    if p.kind not in ("int", "float"):
-                        raise ConfigError(f"{w}.params.{key}: a range needs a numeric parameter; give a list")
-                    check_value(p, int(rng.low) if p.kind == "int" else rng.low, f"{w}.params.{key}.low")
-                    check_value(p, int(rng.high) if p.kind == "int" else rng.high, f"{w}.params.{key}.high")
-                    ranges[key] = rng
-                elif isinstance(value, (list, tuple)):
-                    choices[key] = tuple(check_value(p, v, f"{w}.params.{key}") for v in value)
-                    if not choices[key]:
-                        raise ConfigError(f"{w}.params.{key}: empty list")
-                else:
-                    fixed[key] = check_value(p, value, f"{w}.params.{key}")
-            except ParamError as e:
-                raise ConfigError(str(e)) from None
+        fixed, choices, ranges = _search_values(
+            f"{w}.params", {p.name: p for p in cls.params}, dict(entry.get("params") or {}), f"model {family!r}"
+        )
         out.append(ModelSpec(str(label), family, init, fixed, choices, ranges))
     return tuple(out)
 
