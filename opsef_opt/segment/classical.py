@@ -6,12 +6,11 @@ reference point every deep model has to beat in a study.
 from __future__ import annotations
 
 import numpy as np
-from scipy import ndimage as ndi
-from skimage import filters, morphology, segmentation
-from skimage.feature import peak_local_max
+from skimage import filters, morphology
 
 from opsef_opt.params import Param
 from opsef_opt.segment.base import Segmentation, Segmenter
+from opsef_opt.segment.instances import split_foreground
 from opsef_opt.segment.registry import register_segmenter
 
 __all__ = ["ClassicalSegmenter", "threshold_watershed"]
@@ -78,28 +77,7 @@ def threshold_watershed(
     if min_size > 0:
         fg = morphology.remove_small_objects(fg, max_size=min_size - 1) if min_size > 1 else fg
         fg = morphology.remove_small_holes(fg, max_size=min_size - 1) if min_size > 1 else fg
-    components, n = ndi.label(fg)
-    if n == 0:
-        return np.zeros(img.shape, np.int32)
-    if not split:
-        labels = components
-    else:
-        dist = ndi.distance_transform_edt(fg)
-        peaks = peak_local_max(dist, min_distance=max(1, int(min_distance)), labels=components, exclude_border=False)
-        markers = np.zeros(img.shape, np.int32)
-        markers[tuple(peaks.T)] = np.arange(1, len(peaks) + 1)
-        # every component gets at least one seed, so no object is lost
-        seeded = np.unique(components[markers > 0])
-        missing = np.setdiff1d(np.arange(1, n + 1), seeded)
-        if missing.size:
-            pos = ndi.maximum_position(dist, components, missing)
-            for k, p in enumerate(pos, start=len(peaks) + 1):
-                markers[p] = k
-        labels = segmentation.watershed(-dist, markers, mask=fg)
-    if min_size > 1:
-        labels = morphology.remove_small_objects(labels, max_size=min_size - 1)
-    labels, _, _ = segmentation.relabel_sequential(labels)
-    return labels.astype(np.int32)
+    return split_foreground(fg, min_distance=min_distance if split else 0, min_size=min_size)
 
 
 @register_segmenter

@@ -12,6 +12,7 @@ __all__ = ["SEGMENTERS", "register_segmenter", "load_segmenter", "model_cache_in
 SEGMENTERS: Registry[type[Segmenter]] = Registry("model family", "opsef_opt.segmenters")
 
 _LOADED: dict[str, Segmenter] = {}
+_FAILED: dict[str, Exception] = {}
 _STATS = {"loads": 0, "hits": 0}
 
 
@@ -22,11 +23,21 @@ def register_segmenter(cls: type[Segmenter]) -> type[Segmenter]:
 
 
 def load_segmenter(family: str, **init: Any) -> Segmenter:
-    """Return the model for (family, init), constructing it once per process."""
+    """Return the model for (family, init), constructing it once per process.
+
+    A model that failed to load (e.g. missing weights) fails again at once
+    with the same error, so its trials fail fast instead of retrying a load.
+    """
     key = family + json.dumps(init, sort_keys=True, default=str)
+    if key in _FAILED:
+        raise _FAILED[key]
     model = _LOADED.get(key)
     if model is None:
-        model = SEGMENTERS.get(family)(**init)
+        try:
+            model = SEGMENTERS.get(family)(**init)
+        except Exception as e:
+            _FAILED[key] = e
+            raise
         _LOADED[key] = model
         _STATS["loads"] += 1
     else:
