@@ -1,4 +1,7 @@
-"""Command line: ``python -m opsef_opt [study=NAME] [key=value ...]`` (Hydra overrides)."""
+"""Command line: ``python -m opsef_opt [study=NAME] [key=value ...]`` (Hydra overrides).
+
+``python -m opsef_opt models`` lists the segmentation models and whether they can run here.
+"""
 from __future__ import annotations
 
 import logging
@@ -22,6 +25,8 @@ def _hydra_entry(cfg: DictConfig) -> None:
 def main() -> None:
     """Console entry point (``opsef-opt`` / ``python -m opsef_opt``)."""
     register_resolvers()
+    if sys.argv[1:2] in (["models"],):  # `python -m opsef_opt models` = mode=models
+        sys.argv[1] = "mode=models"
     _hydra_entry()
 
 

@@ -23,6 +23,11 @@ def run(cfg: DictConfig) -> int:
     except ConfigError as e:
         print(f"opsef-opt: config error: {e}", file=sys.stderr)
         return 2
+    if settings.mode == "models":
+        from opsef_opt.models_report import print_models
+
+        print_models(settings)
+        return 0
     return _search(settings)
 
 
@@ -39,7 +44,8 @@ def _search(settings: Settings) -> int:
         print("\nopsef-opt: interrupted; run the same command again to continue the study.", file=sys.stderr)
         return 130
     csv = settings.study_dir / "leaderboard.csv"
-    print_leaderboard(leaderboard(study), settings.leaderboard_rows, csv, f"study {study.study_name}")
+    print_leaderboard(leaderboard(study), settings.leaderboard_rows, csv, f"study {study.study_name}",
+                      study.user_attrs.get("skipped_models"))
     uri = settings.tracking_uri
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
         from pathlib import Path

@@ -26,7 +26,7 @@ __all__ = [
     "validate",
 ]
 
-MODES = ("search",)
+MODES = ("search", "models")
 SAMPLERS = ("auto", "grid", "tpe", "random")
 FORMATS = ("auto", "tiff", "lif")
 
@@ -97,6 +97,8 @@ class ModelSpec:
     fixed: Mapping[str, Any]
     choices: Mapping[str, tuple]
     ranges: Mapping[str, Range]
+    #: when its weights are missing, drop it from the search (with a message) instead of failing its trials
+    optional: bool = False
 
 
 @dataclass(frozen=True)
@@ -378,7 +380,8 @@ def _models(where: str, node: Mapping) -> tuple[ModelSpec, ...]:
     for label, entry in node.items():
         w = f"{where}.{label}"
         entry = entry or {}
-        _keys(w, entry, {"family": None, "init": None, "params": None})
+        _keys(w, entry, {"family": None, "init": None, "params": None, "optional": False})
+        optional = _typed(f"{w}.optional", entry.get("optional", False), (bool,), "true or false")
         family = entry.get("family") or label
         if family not in SEGMENTERS:
             raise ConfigError(
@@ -392,7 +395,7 @@ def _models(where: str, node: Mapping) -> tuple[ModelSpec, ...]:
         fixed, choices, ranges = _search_values(
             f"{w}.params", {p.name: p for p in cls.params}, dict(entry.get("params") or {}), f"model {family!r}"
         )
-        out.append(ModelSpec(str(label), family, init, fixed, choices, ranges))
+        out.append(ModelSpec(str(label), family, init, fixed, choices, ranges, optional))
     return tuple(out)
 
 

@@ -12,7 +12,7 @@ from typing import Any, Sequence
 
 __all__ = ["Param", "ParamError", "check_value"]
 
-KINDS = ("int", "float", "categorical", "bool")
+KINDS = ("int", "float", "categorical", "bool", "str")
 
 
 class ParamError(ValueError):
@@ -27,7 +27,8 @@ class Param:
     ----------
     name : str
         Keyword argument name of the function that takes it.
-    kind : {"int", "float", "categorical", "bool"}
+    kind : {"int", "float", "categorical", "bool", "str"}
+        ``str`` is free text such as a model name or a file path.
     default : Any
         Value used when the study does not mention the parameter.
     low, high : float, optional
@@ -60,6 +61,8 @@ class Param:
             rng = "one of " + ", ".join(map(str, self.choices))
         elif self.kind == "bool":
             rng = "true or false"
+        elif self.kind == "str":
+            rng = "text (a name or a path)"
         else:
             rng = f"{self.kind} in [{self.low}, {self.high}]"
             if self.odd:
@@ -84,6 +87,10 @@ def check_value(param: Param, value: Any, where: str) -> Any:
     if param.kind == "bool":
         if not isinstance(value, bool):
             raise ParamError(f"{where}={value!r}: expected true or false")
+        return value
+    if param.kind == "str":
+        if not isinstance(value, str):
+            raise ParamError(f"{where}={value!r}: expected text (a name or a path)")
         return value
     if param.kind == "categorical":
         if value not in param.choices:

@@ -37,7 +37,8 @@ def leaderboard(study: optuna.Study) -> pd.DataFrame:
     return df.reset_index(drop=True)
 
 
-def print_leaderboard(df: pd.DataFrame, rows: int, csv_path: Path, title: str) -> None:
+def print_leaderboard(df: pd.DataFrame, rows: int, csv_path: Path, title: str,
+                      skipped_models: dict[str, str] | None = None) -> None:
     """Print the top rows with rich and save the full table as CSV."""
     from rich.console import Console
     from rich.table import Table
@@ -53,6 +54,14 @@ def print_leaderboard(df: pd.DataFrame, rows: int, csv_path: Path, title: str) -
                       f"{row.seconds:.2f}", row.pipeline)
     console = Console(width=max(120, Console().width))
     console.print(table)
+    if not df.empty:
+        model = df["pipeline"].str.split(" | ", regex=False).str[-1].str.split("(", regex=False).str[0]
+        counts = df.assign(model=model).groupby(["model", "state"]).size().unstack(fill_value=0)
+        ran = ", ".join(f"{m} ({', '.join(f'{n} {s.lower()}' for s, n in row.items() if n)})"
+                        for m, row in counts.iterrows())
+        console.print(f"Models that ran: {ran}")
+    for label, reason in (skipped_models or {}).items():
+        console.print(f"Model skipped: {label}: {reason}")
     failed = df[df["state"] == "FAIL"] if not df.empty else df
     if len(failed):
         console.print(f"{len(failed)} failed trial(s); reasons in the 'error' column of {csv_path}")

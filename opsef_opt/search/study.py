@@ -19,13 +19,14 @@ import logging
 import signal
 import time
 import warnings
+from dataclasses import replace
 from datetime import datetime
 
 import optuna
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
-from opsef_opt.config import ConfigError, Settings
+from opsef_opt.config import ConfigError, SearchSpec, Settings
 from opsef_opt.io.dataset import load_items
 from opsef_opt.preprocess.cache import PreprocessCache
 from opsef_opt.score import SCORES, ScoreFn
@@ -98,6 +99,31 @@ def open_study(settings: Settings, stage: str = STAGE) -> optuna.Study:
         study_name=name, storage=storage, sampler=_sampler(settings, n_existing),
         direction="maximize", load_if_exists=True,
     )
+
+
+def available_space(space: SearchSpec) -> tuple[SearchSpec, dict[str, str]]:
+    """Drop optional models whose weights are missing; warn about required ones.
+
+    Returns the space to search and ``{model label: reason}`` of the skipped
+    models. A required model that is unavailable stays in the space: its
+    trials fail at once with the reason, and the other models go on.
+    """
+    from opsef_opt.segment import SEGMENTERS
+
+    keep, skipped = [], {}
+    for m in space.models:
+        ok, reason = SEGMENTERS.get(m.family).availability(**m.init)
+        if ok:
+            keep.append(m)
+        elif m.optional:
+            skipped[m.label] = reason
+            log.info("model %s skipped (optional, not available here): %s", m.label, reason)
+        else:
+            keep.append(m)
+            log.warning("model %s is not available, its trials will fail: %s", m.label, reason)
+    if not keep:
+        raise StudyError("no model of the study is available: " + "; ".join(f"{k}: {v}" for k, v in skipped.items()))
+    return replace(space, models=tuple(keep)), skipped
 
 
 def count_trials(trials: list[optuna.trial.FrozenTrial]) -> tuple[int, int]:
@@ -173,6 +199,9 @@ def run_search(settings: Settings) -> optuna.Study:
         raise StudyError("no readable image left in study.images: " + "; ".join(problems))
     score, score_options = _choose_score(settings, items)
 
+    space, skipped = available_space(settings.study.search)
+    settings = replace(settings, study=replace(settings.study, search=space))
+
     settings.study_dir.mkdir(parents=True, exist_ok=True)
     study = open_study(settings)
     _check_signature(study, settings)
@@ -193,7 +222,9 @@ def run_search(settings: Settings) -> optuna.Study:
     # tags, not params: a resumed run may change the budget or seed, and params are immutable
     tracker.log(parent, tags={"n_trials": budget, "seed": settings.seed, "sampler": settings.study.search.sampler,
                               "objective": score.name, "n_items": len(items),
-                              "skipped_images": "\n".join(problems) or "none"})
+                              "skipped_images": "\n".join(problems) or "none",
+                              "skipped_models": "\n".join(f"{k}: {v}" for k, v in skipped.items()) or "none"})
+    study.set_user_attr("skipped_models", skipped)
     recorder = Recorder()
     ctx = TrialContext(
         study.study_name, settings.study.search, items, score, score_options,

@@ -1,0 +1,162 @@
+"""Train a small Cellpose network from scratch on the user's own images and labels.
+
+What this is: a *tiny* Cellpose 3 net (feature widths ``(8, 16, 32, 256)``
+instead of Cellpose's ``(32, 64, 128, 256)``), trained from random weights
+for ~100 epochs. On 3 tiles of the DSB 2018 nuclei image it trains in about
+a minute on 2 CPU cores and reaches F1 ≈ 0.8 (IoU 0.5) on a held-out tile. That is
+enough for tests, and for users with labels of their own who need a model
+quickly and offline.
+
+What this is not: a replacement for the pretrained ``nuclei``/``cyto3``
+models, which were trained for thousands of epochs on large collections of
+images and generalise to data they have not seen. Fewer than ~80 epochs give
+a net that finds (almost) nothing; more epochs and more labelled images help.
+
+The saved file is a plain Cellpose state dict (``CPnet.save_model``); the
+architecture is implied by the weight shapes, so
+:class:`opsef_opt.segment.cellpose_model.CellposeSegmenter` rebuilds it when
+loading: ``models.<label>.init.model=/path/to/cellpose_tiny`` in a study.
+
+Scale convention: the net is trained with objects rescaled to ``diam_mean``
+(by default the mean of the per-image median object diameters of the
+training labels) and ``diam_mean`` is stored in the file, so images whose
+objects look like the training objects are segmented with the adapter's
+defaults (``diameter=None``, ``scale=None``: no resizing).
+"""
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+__all__ = ["train_cellpose", "TINY_WIDTHS"]
+
+log = logging.getLogger(__name__)
+
+#: feature widths of the U-Net levels (Cellpose's ``nbase`` without the 2 input channels)
+TINY_WIDTHS = (8, 16, 32, 256)
+
+
+def train_cellpose(
+    images: Sequence[np.ndarray],
+    labels: Sequence[np.ndarray],
+    out_dir: str | Path,
+    n_epochs: int = 100,
+    widths: Sequence[int] = TINY_WIDTHS,
+    seed: int = 0,
+    *,
+    diam_mean: float | None = None,
+    learning_rate: float = 0.2,
+    batch_size: int = 8,
+    bsize: int = 112,
+    nimg_per_epoch: int | None = 8,
+    weight_decay: float = 1e-5,
+    min_train_masks: int = 1,
+    model_name: str = "cellpose_tiny",
+    device: str = "auto",
+) -> Path:
+    """Train a Cellpose net from random weights and return the saved model file.
+
+    Parameters
+    ----------
+    images : list of (Y, X) arrays
+        Grayscale training images, any dtype (each is percentile-normalised
+        as Cellpose does at inference with ``normalize=True``).
+    labels : list of (Y, X) int arrays
+        Instance labels (0 = background) matching ``images``. Not modified
+        (Cellpose renumbers label arrays in place, so copies are passed).
+    out_dir : path
+        Folder for the model file ``out_dir / model_name`` (created).
+    n_epochs : int
+        Training epochs; each sees ``nimg_per_epoch`` random crops of
+        ``bsize`` × ``bsize`` pixels (rotated, flipped, rescaled ×0.5–1.5).
+    widths : sequence of int
+        Feature widths of the U-Net levels, coarse levels last; the last one
+        is also the length of Cellpose's style vector. Cellpose's default net
+        is ``(32, 64, 128, 256)``; the default here is much smaller.
+    seed : int
+        Seeds torch's weight initialisation (Cellpose seeds numpy per epoch
+        itself), so a run is repeatable on the same machine and device.
+    diam_mean : float, optional
+        Object diameter (pixels) the net is trained at; default: the mean
+        training-object diameter, so no resizing is needed at inference on
+        similar images.
+    learning_rate, batch_size, weight_decay :
+        SGD (momentum 0.9) settings; Cellpose warms the rate up over 10 epochs.
+    min_train_masks : int
+        Images with fewer labelled objects are skipped.
+    device : {"auto", "cpu", "cuda"}
+        ``auto`` uses a CUDA GPU when torch sees one.
+
+    Returns
+    -------
+    Path
+        The saved model file (about 19 MB with the default widths).
+
+    Examples
+    --------
+    >>> from stardist.data import test_image_nuclei_2d          # doctest: +SKIP
+    >>> img, lbl = test_image_nuclei_2d(return_mask=True)       # doctest: +SKIP
+    >>> path = train_cellpose([img[:, :384]], [lbl[:, :384]], "models")  # doctest: +SKIP
+    >>> from opsef_opt.segment import load_segmenter            # doctest: +SKIP
+    >>> model = load_segmenter("cellpose", model=str(path))     # doctest: +SKIP
+    """
+    if len(images) == 0 or len(images) != len(labels):
+        raise ValueError(f"train_cellpose needs as many label images as images (got {len(images)} and {len(labels)})")
+    imgs, lbls = [], []
+    for i, (img, lbl) in enumerate(zip(images, labels)):
+        img = np.asarray(img)
+        lbl = np.asarray(lbl)
+        if img.ndim != 2 or img.shape != lbl.shape:
+            raise ValueError(
+                f"train_cellpose: image {i} must be 2D (Y, X) with labels of the same shape; "
+                f"got image {img.shape} and labels {lbl.shape}"
+            )
+        imgs.append(img.astype(np.float32))
+        lbls.append(lbl.astype(np.int32))  # a copy: cellpose renumbers labels in place
+    widths = [int(w) for w in widths]
+    if len(widths) < 2 or min(widths) < 1:
+        raise ValueError(f"train_cellpose: widths must list at least 2 positive ints, got {widths}")
+
+    import torch
+    from cellpose import train, utils
+    from cellpose.resnet_torch import CPnet
+
+    from opsef_opt.segment.device import torch_device
+
+    if diam_mean is None:
+        diams = [max(utils.diameters(lbl)[0], 5.0) for lbl in lbls if lbl.max() > 0]
+        if not diams:
+            raise ValueError("train_cellpose: the label images contain no objects")
+        diam_mean = float(np.mean(diams))
+
+    dev = torch.device(torch_device(device))
+    torch.manual_seed(seed)
+    # the network CellposeModel builds, with other widths; random weights, nothing downloaded
+    net = CPnet([2, *widths], nout=3, sz=3, mkldnn=False, max_pool=True, diam_mean=diam_mean).to(dev)
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    models_dir_existed = (out_dir / "models").exists()
+    t0 = time.perf_counter()
+    saved, _, _ = train.train_seg(
+        net, train_data=imgs, train_labels=lbls, channels=[0, 0], normalize=True,
+        n_epochs=n_epochs, learning_rate=learning_rate, weight_decay=weight_decay, SGD=True,
+        batch_size=batch_size, bsize=bsize, nimg_per_epoch=nimg_per_epoch, rescale=True,
+        min_train_masks=min_train_masks, save_path=out_dir, save_every=n_epochs + 1,
+        model_name=model_name,
+    )
+    target = out_dir / model_name
+    shutil.move(str(saved), target)  # cellpose writes to out_dir/models/<name>
+    if not models_dir_existed:
+        try:
+            (out_dir / "models").rmdir()
+        except OSError:
+            pass
+    log.info("trained cellpose net %s (%d epochs) in %.1f s -> %s", widths, n_epochs,
+             time.perf_counter() - t0, target)
+    return target
