@@ -179,3 +179,30 @@ def test_changed_search_space_is_refused_with_advice(tmp_path):
     r = run_cli(*TINY, "n_trials=2", "study.search.models.classical.params.min_distance=[2,4]", cwd=tmp_path)
     assert r.returncode == 2
     assert "changed since it was created" in r.stderr and "study.name=NEW_NAME" in r.stderr
+
+
+def test_models_command_lists_models_and_availability(tmp_path):
+    r = run_cli("models", cwd=tmp_path, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "classical" in r.stdout and "bioimageio_unet" in r.stdout
+    assert "yes: onnx weights" in r.stdout and "min_distance" in r.stdout
+    assert not (tmp_path / "studies").exists()
+
+
+def test_unavailable_models_optional_skipped_required_fail_fast(tmp_path):
+    missing = tmp_path / "no_such_package"
+    r = run_cli(*TINY, "n_trials=20",
+                f"+study.search.models.gone={{family: bioimageio_unet, optional: true, init: {{package: '{missing}'}}}}",
+                f"+study.search.models.needed={{family: bioimageio_unet, init: {{package: '{missing}'}}}}",
+                cwd=tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "Model skipped: gone" in r.stdout and str(missing) in r.stdout
+    study = _study(tmp_path)
+    by_model = {}
+    for t in study.get_trials(states=(optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL)):
+        by_model.setdefault(t.params.get("model"), []).append(t)
+    assert "gone" not in by_model
+    assert all(t.state == optuna.trial.TrialState.FAIL and "no bioimageio.yaml" in t.user_attrs["error"]
+               for t in by_model["needed"])
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in by_model["classical"])
+    assert (len(by_model["needed"]), len(by_model["classical"])) == (2, 6)  # the whole grid, capped
