@@ -19,7 +19,7 @@ def _space(tmp_path, *overrides):
 def test_demo_grid_is_full_product_without_duplicates(tmp_path):
     space = _space(tmp_path)
     points = grid_points(space, seed=0)
-    assert len(points) == 3 * 2 * 2 * 2 * 2
+    assert len(points) == 3 * 2 * 2 * (2 * 2 + 2 + 3 + 1)  # preprocessings x all model settings
     assert len({tuple(sorted(p.items())) for p in points}) == len(points)
     assert grid_points(space, seed=0) == points and grid_points(space, seed=1) != points
 

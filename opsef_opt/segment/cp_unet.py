@@ -61,7 +61,7 @@ from typing import Any
 
 import numpy as np
 from scipy import ndimage as ndi
-from skimage import filters, morphology, segmentation
+from skimage import filters, segmentation
 
 from opsef_opt.params import Param
 from opsef_opt.segment.base import ModelUnavailable, Segmentation, Segmenter
@@ -292,7 +292,9 @@ def labels_from_classes(
     extent = ((interior + boundary) > foreground_threshold) | seed_mask
     labels = segmentation.watershed(boundary, markers=seeds, mask=extent)
     if min_size > 1:
-        labels = morphology.remove_small_objects(labels, max_size=int(min_size) - 1)
+        small = np.bincount(labels.ravel()) < int(min_size)
+        small[0] = False
+        labels[small[labels]] = 0
     labels, _, _ = segmentation.relabel_sequential(labels)
     return labels.astype(np.int32)
 
