@@ -26,7 +26,7 @@ def test_demo_grid_is_full_product_without_duplicates(tmp_path):
 
 def test_grid_point_round_trip_gives_pipeline(tmp_path):
     space = _space(tmp_path)
-    p = next(p for p in grid_points(space, 0) if p["pre.filter"] == "median(size=3)")
+    p = next(p for p in grid_points(space, 0) if p["pre.filter"] == "median(size=3)" and p["model"] == "classical")
     pipe = pipeline_from_params(space, p)
     assert ("filter", "median", {"size": 3}) in pipe.steps
     assert pipe.flat["pre.filter"] == "median(size=3)" and pipe.flat["pre.filter.size"] == 3
@@ -38,8 +38,8 @@ def test_ranges_are_suggested_conditionally(tmp_path):
         tmp_path,
         "study.search.sampler=tpe",
         "study.search.preprocess.filter=[none, {name: gaussian, sigma: {low: 0.5, high: 2.0}}]",
-        "~study.search.models.classical.params.min_distance",
-        "+study.search.models.classical.params.min_distance={low: 2, high: 9}",
+        "~study.search.models",
+        "+study.search.models={classical: {params: {min_distance: {low: 2, high: 9}}}}",
     )
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     seen = set()

@@ -49,6 +49,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--pattern", default="*.tif")
     ap.add_argument("--epochs", type=int, default=None, help="default: the family's tested default")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--name", default="tiny", help="StarDist model folder name inside --out")
     args = ap.parse_args(argv)
     images, labels = _pairs(args.images, args.labels, args.pattern)
     if args.family == "cellpose":
@@ -60,7 +61,7 @@ def main(argv: list[str] | None = None) -> None:
         from opsef_opt.train.stardist_train import train_stardist
 
         kw = {"epochs": args.epochs} if args.epochs else {}
-        out = train_stardist(images, labels, args.out, seed=args.seed, **kw)
+        out = train_stardist(images, labels, args.out, name=args.name, seed=args.seed, **kw)
     print(f"trained {args.family} model: {out}")
     print(f"use it in a study: init: {{model: {out}}}")
 

@@ -63,6 +63,7 @@ def train_cellpose(
     min_train_masks: int = 1,
     model_name: str = "cellpose_tiny",
     device: str = "auto",
+    cpu_threads: int | None = 1,
 ) -> Path:
     """Train a Cellpose net from random weights and return the saved model file.
 
@@ -103,6 +104,11 @@ def train_cellpose(
         Images with fewer labelled objects are skipped.
     device : {"auto", "cpu", "cuda"}
         ``auto`` uses a CUDA GPU when torch sees one.
+    cpu_threads : int or None
+        Torch threads while training on the CPU (restored afterwards);
+        ``None`` keeps torch's setting. One thread is the default: the tiny
+        net's layers are too small to gain much from more, and on a busy
+        machine two OpenMP threads were up to 10x slower than one.
 
     Returns
     -------
@@ -165,6 +171,9 @@ def train_cellpose(
     # After ~60 epochs some activations/gradients of the tiny net become denormal floats, which
     # made each CPU epoch ~20x slower; flushing them to zero keeps epochs fast (same losses).
     flushed = dev.type == "cpu" and torch.set_flush_denormal(True)
+    threads = torch.get_num_threads()
+    if dev.type == "cpu" and cpu_threads:
+        torch.set_num_threads(int(cpu_threads))
     try:
         saved, _, _ = train.train_seg(
             net, train_data=imgs, train_labels=lbls, channels=[0, 0], normalize=True,
@@ -174,6 +183,7 @@ def train_cellpose(
             model_name=model_name,
         )
     finally:
+        torch.set_num_threads(threads)
         if flushed:
             torch.set_flush_denormal(False)  # torch's default
     target = out_dir / model_name
