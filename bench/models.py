@@ -33,6 +33,23 @@ def _image() -> np.ndarray:
     return run_chain(test_image_nuclei_2d(), "YX", [])[0]
 
 
+def _barely_trained(family: str, tmp: Path) -> Path:
+    """A model with the pretrained models' architecture, trained for one short epoch (speed only)."""
+    from stardist.data import test_image_nuclei_2d
+
+    image, labels = test_image_nuclei_2d(return_mask=True)
+    if family == "cellpose":
+        from opsef_opt.train.cellpose_train import train_cellpose
+
+        # Cellpose's default net (nbase 2-32-64-128-256), as in the pretrained nuclei/cyto models
+        return train_cellpose([image], [labels], tmp / "cellpose", n_epochs=1, widths=(32, 64, 128, 256))
+    from opsef_opt.train.stardist_train import train_stardist
+
+    # StarDist's 2D_versatile_fluo configuration: 32 rays, grid 2, U-Net depth 3 with 32 base filters
+    return train_stardist([image], [labels], tmp / "stardist", epochs=1, steps_per_epoch=2, n_rays=32,
+                          grid=2, unet_n_depth=3, unet_n_filter_base=32, optimize_thresholds=False)
+
+
 def _candidates(tmp: Path, device: str) -> list[tuple[str, str, Callable[[], Any]]]:
     """(label, note, constructor) per model to time."""
     from opsef_opt.segment import SEGMENTERS
@@ -50,10 +67,8 @@ def _candidates(tmp: Path, device: str) -> list[tuple[str, str, Callable[[], Any
         if ok:
             out.append(("cellpose nuclei", "pretrained", lambda: cls(model="nuclei", device=device)))
         else:
-            from opsef_opt.train.cellpose_train import untrained_cellpose_file
-
-            path = untrained_cellpose_file(tmp)
-            out.append(("cellpose (nuclei architecture)", "untrained weights: speed only",
+            path = _barely_trained("cellpose", tmp)
+            out.append(("cellpose (nuclei architecture)", "architecture of the pretrained model, barely trained: speed only",
                         lambda: cls(model=str(path), device=device)))
     if "stardist" in SEGMENTERS:
         cls = SEGMENTERS.get("stardist")
@@ -61,10 +76,8 @@ def _candidates(tmp: Path, device: str) -> list[tuple[str, str, Callable[[], Any
         if ok:
             out.append(("stardist 2D_versatile_fluo", "pretrained", lambda: cls(model="2D_versatile_fluo")))
         else:
-            from opsef_opt.train.stardist_train import untrained_stardist_folder
-
-            folder = untrained_stardist_folder(tmp)
-            out.append(("stardist (versatile architecture)", "untrained weights: speed only",
+            folder = _barely_trained("stardist", tmp)
+            out.append(("stardist (versatile architecture)", "architecture of the pretrained model, barely trained: speed only",
                         lambda: cls(model=str(folder))))
     return out
 

@@ -41,7 +41,7 @@ def dsb512():
 
 @pytest.fixture(scope="module")
 def tiny_model(dsb512, tmp_path_factory):
-    """Path of a tiny Cellpose net trained here from scratch (about 35-60 s on 2 cores)."""
+    """Path of a tiny Cellpose net trained here from scratch (30-50 s with the Cellpose import)."""
     from opsef_opt.train.cellpose_train import train_cellpose
 
     img, lbl = dsb512
@@ -69,7 +69,7 @@ def test_trained_model_segments_held_out_tile(tiny_model, dsb512):
     m = instance_metrics(lbl[HELD_OUT], seg.labels)
     print(f"held-out tile: F1={m['f1']:.3f} ({m['n_pred']:.0f} found, {m['n_true']:.0f} true)")
     assert seg.labels.dtype == np.int32 and seg.labels.shape == (256, 256)
-    assert m["f1"] >= 0.8  # measured 0.90-0.95
+    assert m["f1"] >= 0.8  # measured 0.91 (1 training thread), 0.95 (2 threads)
     ids = set(np.unique(seg.labels)) - {0}
     assert set(seg.confidence) == ids
     assert all(0.5 <= c <= 1.0 for c in seg.confidence.values())  # mean cell probability inside objects
@@ -92,7 +92,7 @@ def test_other_image_with_its_diameter(tiny_model):
     model = load_segmenter("cellpose", model=str(tiny_model), device="cpu")
     f1 = instance_metrics(truth, model(_unit(img), "YX", diameter=9.0).labels)["f1"]
     print(f"dsb2018_256 at diameter 9: F1={f1:.3f}")
-    assert f1 >= 0.65  # measured 0.79
+    assert f1 >= 0.65  # measured 0.79-0.81
 
 
 @pytest.mark.slow
@@ -146,7 +146,7 @@ def test_missing_builtin_weights_fail_fast_offline(tmp_path, monkeypatch):
     with pytest.raises(ModelUnavailable) as err:
         cpm.CellposeSegmenter(model="nuclei")
     assert time.perf_counter() - t0 < 2
-    assert str(err.value) == reason and "\n" not in reason
+    assert str(err.value).startswith(reason) and "[no download: " in str(err.value) and "\n" not in str(err.value)
     assert list(folder.iterdir()) == []  # nothing downloaded
 
 

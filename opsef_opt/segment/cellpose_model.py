@@ -67,6 +67,7 @@ from typing import Any
 import numpy as np
 
 from opsef_opt.params import Param
+from opsef_opt.segment.download import host_answers
 from opsef_opt.segment.base import ModelUnavailable, Segmentation, Segmenter
 from opsef_opt.segment.device import DEVICES
 from opsef_opt.segment.registry import register_segmenter
@@ -124,6 +125,29 @@ def _builtin_file(name: str) -> str:
     return f"{name}torch_0" if name in ("cyto", "cyto2", "nuclei") else name
 
 
+class MissingBuiltin(ModelUnavailable):
+    """A built-in model whose weights are not in Cellpose's model folder (yet)."""
+
+    def __init__(self, message: str, url: str) -> None:
+        super().__init__(message)
+        self.url = url
+
+
+def _download_builtin(model: str, missing: MissingBuiltin, timeout: float = 5.0) -> None:
+    """Let Cellpose download a built-in model into its own folder, if its host answers quickly."""
+    why = host_answers(missing.url, timeout)
+    if why is not None:
+        raise ModelUnavailable(f"{missing} [no download: {why}]") from None
+    from cellpose import models
+
+    try:
+        models.model_path(model)  # Cellpose's own download + cache (MODEL_DIR)
+        if model in ("cyto", "cyto2", "cyto3", "nuclei"):
+            models.size_model_path(model)
+    except Exception as e:
+        raise ModelUnavailable(f"{missing} [download failed: {type(e).__name__}: {e}]") from None
+
+
 class _Resolved:
     """Where a model's weights are: ``builtin`` (name, folder file, URL) or ``file``."""
 
@@ -154,11 +178,12 @@ def resolve_model(model: str) -> _Resolved:
         url = CPSAM_URL if major >= 4 else f"{CP3_URL}/{fname}"
         path = folder / fname
         if not path.is_file():
-            raise ModelUnavailable(
+            raise MissingBuiltin(
                 f"cellpose model {model!r}: weights file {fname} not found in {folder} "
-                f"(Cellpose's model folder: ~/.cellpose/models or ${ENV_DIR}); opsef-opt does not download: "
+                f"(Cellpose's model folder: ~/.cellpose/models or ${ENV_DIR}); "
                 f"fetch {url} and put it in that folder (or set {ENV_DIR} to the folder holding it), "
-                + _fix_hint()
+                + _fix_hint(),
+                url=url,
             )
         return _Resolved("builtin", model, path, url)
     if model in other:
@@ -227,7 +252,11 @@ class CellposeSegmenter(Segmenter):
 
     def __init__(self, model: str = "nuclei", device: str = "auto") -> None:
         super().__init__(model=model, device=device)
-        found = resolve_model(model)  # before importing cellpose: fails fast, never downloads
+        try:
+            found = resolve_model(model)  # before importing cellpose: fails fast when offline
+        except MissingBuiltin as missing:
+            _download_builtin(model, missing)
+            found = resolve_model(model)
         import torch
         from cellpose import models
 

@@ -30,9 +30,6 @@ import logging
 import math
 import os
 import shutil
-import socket
-import threading
-import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -40,6 +37,7 @@ from typing import Any
 import numpy as np
 
 from opsef_opt.params import Param
+from opsef_opt.segment.download import host_answers
 from opsef_opt.segment.base import ModelUnavailable, Segmentation, Segmenter
 from opsef_opt.segment.registry import register_segmenter
 
@@ -204,35 +202,10 @@ def _remove_empty_dirs(path: Path, stop: Path) -> None:
         path = path.parent
 
 
-def _host_answers(url: str, timeout: float) -> str | None:
-    """None when the URL's host resolves and accepts a connection within ``timeout`` s, else why not.
-
-    Runs in a daemon thread so a hanging DNS lookup cannot block the caller.
-    Skipped (None) when a proxy is configured: then urllib talks to the proxy.
-    """
-    if urllib.request.getproxies().get("https"):
-        return None
-    host = urllib.parse.urlsplit(url).hostname or ""
-    port = urllib.parse.urlsplit(url).port or 443
-    result: dict[str, str | None] = {}
-
-    def probe() -> None:
-        try:
-            socket.create_connection((host, port), timeout=timeout).close()
-            result["error"] = None
-        except OSError as e:
-            result["error"] = f"{type(e).__name__}: {e}"
-
-    t = threading.Thread(target=probe, daemon=True)
-    t.start()
-    t.join(timeout)
-    return result.get("error", f"no answer from {host} within {timeout:g} s")
-
-
 def _download(key: str, datadir: Path, timeout: float) -> None:
     """Fetch ``<key>.zip`` into the Keras cache, checking its hash; on failure leave nothing behind."""
     entry = PRETRAINED[key]
-    why = _host_answers(entry["url"], timeout)
+    why = host_answers(entry["url"], timeout)
     if why is not None:
         raise ModelUnavailable(_missing_message(key, datadir, f"not in the Keras cache and no download: {why}"))
     home = keras_home()

@@ -4,9 +4,9 @@ What this is: a *tiny* Cellpose 3 net (U-Net level widths
 ``(8, 16, 32, 64, 256)`` instead of Cellpose's ``(32, 64, 128, 256)``),
 trained from random weights for ~100 epochs on 64×64 crops, with objects
 resized to a diameter of 12 px. On three 256×256 tiles of the DSB 2018
-nuclei image (stardist's ``test_image_nuclei_2d``) it trains in 35-60 s on
-2 CPU cores and reaches F1 ≈ 0.9 (IoU 0.5) on the held-out fourth tile and
-≈ 0.8 on another DSB image (``diameter=9``). That is enough for tests, and
+nuclei image (stardist's ``test_image_nuclei_2d``) it trains in 30-40 s on
+one CPU thread (plus ~10 s to import Cellpose) and reaches F1 ≈ 0.9 (IoU 0.5)
+on the held-out fourth tile and ≈ 0.8 on another DSB image (``diameter=9``). That is enough for tests, and
 for users with labels of their own who need a model quickly and offline.
 
 What this is not: a replacement for the pretrained ``nuclei``/``cyto3``
