@@ -65,20 +65,20 @@ def _candidates(tmp: Path, device: str) -> list[tuple[str, str, Callable[[], Any
         cls = SEGMENTERS.get("cellpose")
         ok, _ = cls.availability(model="nuclei")
         if ok:
-            out.append(("cellpose nuclei", "pretrained", lambda: cls(model="nuclei", device=device)))
+            out.append(("cellpose nuclei", "pretrained", lambda cls=cls: cls(model="nuclei", device=device)))
         else:
             path = _barely_trained("cellpose", tmp)
             out.append(("cellpose (nuclei architecture)", "architecture of the pretrained model, barely trained: speed only",
-                        lambda: cls(model=str(path), device=device)))
+                        lambda cls=cls, path=path: cls(model=str(path), device=device)))
     if "stardist" in SEGMENTERS:
         cls = SEGMENTERS.get("stardist")
         ok, _ = cls.availability(model="2D_versatile_fluo")
         if ok:
-            out.append(("stardist 2D_versatile_fluo", "pretrained", lambda: cls(model="2D_versatile_fluo")))
+            out.append(("stardist 2D_versatile_fluo", "pretrained", lambda cls=cls: cls(model="2D_versatile_fluo")))
         else:
             folder = _barely_trained("stardist", tmp)
             out.append(("stardist (versatile architecture)", "architecture of the pretrained model, barely trained: speed only",
-                        lambda: cls(model=str(folder))))
+                        lambda cls=cls, folder=folder: cls(model=str(folder))))
     return out
 
 
