@@ -206,3 +206,29 @@ def test_unavailable_models_optional_skipped_required_fail_fast(tmp_path):
                for t in by_model["needed"])
     assert all(t.state == optuna.trial.TrialState.COMPLETE for t in by_model["classical"])
     assert (len(by_model["needed"]), len(by_model["classical"])) == (2, 6)  # the whole grid, capped
+
+
+def test_ctrl_c_mid_trial_then_resume(tmp_path):
+    args = [*TINY, "n_trials=6"]
+    proc = popen_cli(*args, cwd=tmp_path)
+    db = tmp_path / "studies" / "tiny" / "optuna.db"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        running, complete = _running_trial_and_complete(db)
+        if complete >= 2 and running == 1:
+            proc.send_signal(signal.SIGINT)
+            break
+        if proc.poll() is not None:
+            pytest.fail("study finished before it could be interrupted:\n" + proc.stdout.read())
+        time.sleep(0.005)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 130, out
+    assert "run the same command again to continue" in out
+    r = run_cli(*args, cwd=tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    states = _states(_study(tmp_path))
+    assert states.count(optuna.trial.TrialState.COMPLETE) == 6
+    assert states.count(optuna.trial.TrialState.FAIL) <= 1
+    _, parents, children = _child_runs(tmp_path, "tiny")
+    assert len(parents) == 1
+    assert sum(r.info.status == "FINISHED" for r in children) == 6
