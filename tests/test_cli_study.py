@@ -91,19 +91,24 @@ def _running_trial_and_complete(db: Path) -> tuple[int, int]:
     return states.count("RUNNING"), states.count("COMPLETE")
 
 
-def test_kill_9_mid_trial_then_resume_completes_budget_once(tmp_path):
-    args = [*TINY, "n_trials=6", "heartbeat.interval=1", "heartbeat.grace=2"]
-    proc = popen_cli(*args, cwd=tmp_path)
-    db = tmp_path / "studies" / "tiny" / "optuna.db"
+def _interrupt_mid_trial(proc, db: Path, sig: int) -> None:
+    """Send ``sig`` to the study process while a trial runs, after at least two completed."""
     deadline = time.time() + 120
     while time.time() < deadline:
         running, complete = _running_trial_and_complete(db)
         if complete >= 2 and running == 1:
-            os.kill(proc.pid, signal.SIGKILL)
-            break
+            os.kill(proc.pid, sig)
+            return
         if proc.poll() is not None:
-            pytest.fail("study finished before it could be killed:\n" + proc.stdout.read())
+            pytest.fail("study finished before it could be interrupted:\n" + proc.stdout.read())
         time.sleep(0.005)
+    pytest.fail("no running trial seen within 120 s")
+
+
+def test_kill_9_mid_trial_then_resume_completes_budget_once(tmp_path):
+    args = [*TINY, "n_trials=6", "heartbeat.interval=1", "heartbeat.grace=2"]
+    proc = popen_cli(*args, cwd=tmp_path)
+    _interrupt_mid_trial(proc, tmp_path / "studies" / "tiny" / "optuna.db", signal.SIGKILL)
     proc.wait(timeout=30)
     assert proc.returncode == -signal.SIGKILL
     study = _study(tmp_path)
@@ -211,16 +216,7 @@ def test_unavailable_models_optional_skipped_required_fail_fast(tmp_path):
 def test_ctrl_c_mid_trial_then_resume(tmp_path):
     args = [*TINY, "n_trials=6"]
     proc = popen_cli(*args, cwd=tmp_path)
-    db = tmp_path / "studies" / "tiny" / "optuna.db"
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        running, complete = _running_trial_and_complete(db)
-        if complete >= 2 and running == 1:
-            proc.send_signal(signal.SIGINT)
-            break
-        if proc.poll() is not None:
-            pytest.fail("study finished before it could be interrupted:\n" + proc.stdout.read())
-        time.sleep(0.005)
+    _interrupt_mid_trial(proc, tmp_path / "studies" / "tiny" / "optuna.db", signal.SIGINT)
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 130, out
     assert "run the same command again to continue" in out

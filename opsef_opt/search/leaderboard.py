@@ -22,6 +22,7 @@ def leaderboard(study: optuna.Study) -> pd.DataFrame:
             "state": t.state.name,
             "score": t.value,
             "pipeline": summary.get("pipeline", ""),
+            "model": summary.get("model", ""),
             "n_objects_mean": summary.get("n_objects_mean"),
             "seconds": (t.datetime_complete - t.datetime_start).total_seconds()
             if t.datetime_complete and t.datetime_start else None,
@@ -55,8 +56,7 @@ def print_leaderboard(df: pd.DataFrame, rows: int, csv_path: Path, title: str,
     console = Console(width=max(120, Console().width))
     console.print(table)
     if not df.empty:
-        model = df["pipeline"].str.split(" | ", regex=False).str[-1].str.split("(", regex=False).str[0]
-        counts = df.assign(model=model).groupby(["model", "state"]).size().unstack(fill_value=0)
+        counts = df.groupby(["model", "state"]).size().unstack(fill_value=0)
         ran = ", ".join(f"{m} ({', '.join(f'{n} {s.lower()}' for s, n in row.items() if n)})"
                         for m, row in counts.iterrows())
         console.print(f"Models that ran: {ran}")

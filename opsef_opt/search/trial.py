@@ -129,13 +129,13 @@ def run_trial(trial: optuna.Trial, ctx: TrialContext) -> float:
     except Exception as e:  # any failure of this pipeline: record it, let the study go on
         reason = f"{type(e).__name__}: {e}"
         trial.set_user_attr("error", reason)
-        trial.set_user_attr("summary", {"pipeline": pipeline.label})
+        trial.set_user_attr("summary", {"pipeline": pipeline.label, "model": pipeline.model.label})
         ctx.last["error"] = reason
         ctx.tracker.finish(run_id, "FAILED", tags={"opsef.status": "failed", "opsef.error": reason})
         raise TrialFailed(reason) from e
     metrics["time_trial_s"] = time.perf_counter() - started
     # one storage write for everything the leaderboard shows
-    trial.set_user_attr("summary", {"pipeline": pipeline.label, **{
+    trial.set_user_attr("summary", {"pipeline": pipeline.label, "model": pipeline.model.label, **{
         k: metrics[k] for k in ("n_objects_mean", "time_preprocess_s", "time_segment_s", "time_trial_s")}})
     ctx.recorder.submit(f"trial {trial.number}", record_trial, ctx.tracker, run_id,
                         outputs if ctx.log_artifacts else [], metrics)
