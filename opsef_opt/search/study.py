@@ -7,7 +7,8 @@ Resume semantics (re-running the same command continues the same study):
   retry forever);
 - a trial whose process died (``kill -9``, power loss) stops sending
   heartbeats; after ``heartbeat.grace`` seconds it is marked FAILED, its MLflow
-  run KILLED, and its parameters are queued again; Ctrl-C does the same at once;
+  run KILLED, and its parameters are queued again; Ctrl-C or SIGTERM does the
+  same at the next image (a second signal stops at once);
 - grid studies enqueue every grid point once, in a seeded order, so nothing
   is evaluated twice.
 """
@@ -186,8 +187,27 @@ def _requeue_interrupted(study: optuna.Study) -> None:
     study.set_user_attr("requeued", sorted(retried))
 
 
-def _raise_on_sigterm(signum, frame):
-    raise KeyboardInterrupt(f"signal {signum}")
+class StopRequest:
+    """Ctrl-C / SIGTERM handler: the first signal asks the study to stop at the next image.
+
+    Raising KeyboardInterrupt at an arbitrary point could cut a storage write
+    in half and leave the SQLite database locked; so the first signal only
+    sets a flag that the trial checks between images, and a second signal
+    stops at once.
+    """
+
+    def __init__(self) -> None:
+        self.requested = False
+
+    def __call__(self, signum, frame) -> None:
+        if self.requested:
+            raise KeyboardInterrupt(f"signal {signum}")
+        self.requested = True
+        log.warning("stopping after the current image (signal %d); send it again to stop at once", signum)
+
+    def check(self) -> None:
+        if self.requested:
+            raise KeyboardInterrupt("stop requested")
 
 
 def run_search(settings: Settings) -> optuna.Study:
@@ -226,13 +246,14 @@ def run_search(settings: Settings) -> optuna.Study:
                               "skipped_models": "\n".join(f"{k}: {v}" for k, v in skipped.items()) or "none"})
     study.set_user_attr("skipped_models", skipped)
     recorder = Recorder()
+    stop = StopRequest()
     ctx = TrialContext(
         study.study_name, settings.study.search, items, score, score_options,
         PreprocessCache(settings.study_dir / "cache" / "preprocess"), tracker, parent, recorder,
-        settings.log_artifacts,
+        settings.log_artifacts, stop.check,
     )
     _record_unrecorded(study, ctx)
-    previous = signal.signal(signal.SIGTERM, _raise_on_sigterm)
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     log.info("study %s: %d images/items, objective %s, budget %d trials (%s sampler)",
              study.study_name, len(items), score.name, budget, settings.study.search.sampler)
@@ -251,6 +272,7 @@ def run_search(settings: Settings) -> optuna.Study:
                     waited = True
                 time.sleep(settings.heartbeat_interval)
                 continue
+            stop.check()
             study.optimize(lambda t: run_trial(t, ctx), n_trials=1, catch=(TrialFailed,), gc_after_trial=False)
             _report(ctx.last, done + 1, budget)
     except KeyboardInterrupt:
@@ -259,7 +281,8 @@ def run_search(settings: Settings) -> optuna.Study:
         tracker.close_parent(parent, {}, {"opsef.status": "interrupted"}, status="KILLED")
         raise
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     recorder.close()
     best = _best_value(study)
     tracker.close_parent(

@@ -5,7 +5,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import optuna
@@ -41,6 +41,8 @@ class TrialContext:
     parent_run_id: str
     recorder: Recorder
     log_artifacts: bool = True
+    #: raises KeyboardInterrupt when the user asked to stop (checked between images)
+    check_stop: Callable[[], None] = lambda: None
     last: dict[str, Any] = field(default_factory=dict)  # outcome of the latest trial, for progress lines
 
 
@@ -66,6 +68,7 @@ def evaluate(ctx: TrialContext, pipeline: Pipeline) -> tuple[float, dict[str, fl
     outputs: list[ImageOutput] = []
     scores, counts, areas = [], [], []
     for item in ctx.items:
+        ctx.check_stop()
         t0 = time.perf_counter()
         key = cache_key(item.fingerprint, pipeline.steps)
         image, axes = ctx.cache.get(key, lambda: run_chain(item.data, item.axes, pipeline.steps))
