@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from pathlib import Path
 
 from omegaconf import DictConfig
 
@@ -12,6 +13,9 @@ log = logging.getLogger("opsef_opt")
 
 #: libraries that log routine INFO lines (schema migrations, ...) users need not see
 _QUIET = ("alembic", "mlflow", "optuna", "urllib3", "numba", "git")
+
+#: exit code when a stage waits for the analyst's tags
+EXIT_NEED_TAGS = 3
 
 
 def run(cfg: DictConfig) -> int:
@@ -28,32 +32,55 @@ def run(cfg: DictConfig) -> int:
 
         print_models(settings)
         return 0
+    if settings.mode == "tag":
+        from opsef_opt.tags.terminal import tag_mode
+
+        return tag_mode(settings)
     return _search(settings)
 
 
 def _search(settings: Settings) -> int:
     from opsef_opt.search.leaderboard import leaderboard, print_leaderboard
-    from opsef_opt.search.study import StudyError, run_search
+    from opsef_opt.search.study import NeedTags, StudyError, run_search
 
     try:
-        study = run_search(settings)
+        studies = run_search(settings)
     except (ConfigError, StudyError) as e:
         print(f"opsef-opt: {e}", file=sys.stderr)
         return 2
+    except NeedTags as e:
+        print(f"opsef-opt: {e}", file=sys.stderr)
+        return EXIT_NEED_TAGS
     except KeyboardInterrupt:
         print("\nopsef-opt: interrupted; run the same command again to continue the study.", file=sys.stderr)
         return 130
-    csv = settings.study_dir / "leaderboard.csv"
-    print_leaderboard(leaderboard(study), settings.leaderboard_rows, csv, f"study {study.study_name}",
-                      study.user_attrs.get("skipped_models"))
+    tags = _tags(settings)
+    for study in studies:
+        stage = study.study_name.rsplit("/", 1)[-1]
+        csv = settings.study_dir / ("leaderboard.csv" if len(settings.study.stages) == 1
+                                    else f"leaderboard_{stage}.csv")
+        print_leaderboard(leaderboard(study, tags), settings.leaderboard_rows, csv, f"study {study.study_name}",
+                          study.user_attrs.get("skipped_models"))
     uri = settings.tracking_uri
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
-        from pathlib import Path
-
         uri = "sqlite:///" + str(Path(uri[len("sqlite:///"):]).resolve())
-    stats = study.user_attrs.get("cache_stats", {})
-    print(f"\nResults: {settings.study_dir.resolve()}  (leaderboard.csv, optuna.db, cache/)")
+    stats = studies[-1].user_attrs.get("cache_stats", {}) if studies else {}
+    print(f"\nResults: {settings.study_dir.resolve()}  (leaderboard, contact_sheets/, optuna.db, cache/)")
     print(f"Preprocessing cache: {stats}")
     print(f"Browse all runs:  mlflow ui --backend-store-uri {uri}  then open http://127.0.0.1:5000 "
           f"(experiment '{settings.study.name}')")
+    print(f"Tag results:  python -m opsef_opt study={settings.study.name} mode=tag  (or in the MLflow UI)")
     return 0
+
+
+def _tags(settings: Settings) -> dict[str, str]:
+    """Quality tags of the study's runs, by MLflow run id (for the leaderboard)."""
+    from mlflow import MlflowClient
+
+    from opsef_opt.tags import trial_runs
+
+    client = MlflowClient(settings.tracking_uri)
+    exp = client.get_experiment_by_name(settings.study.name)
+    if exp is None:
+        return {}
+    return {r.run_id: r.tag for r in trial_runs(client, exp.experiment_id, settings.study.name) if r.tag}

@@ -7,7 +7,7 @@ value and what is allowed. Nothing is written before this passes.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -21,12 +21,16 @@ __all__ = [
     "ModelSpec",
     "SearchSpec",
     "ScoreSpec",
+    "ProxySetting",
+    "StageSpec",
     "StudySpec",
     "Settings",
     "validate",
 ]
 
-MODES = ("search", "models")
+MODES = ("search", "models", "tag")
+TAGS = ("correct", "over", "under", "failed")
+DEFAULT_TAG_VALUES = {"correct": 1.0, "over": 0.4, "under": 0.4, "failed": 0.0}
 SAMPLERS = ("auto", "grid", "tpe", "random")
 FORMATS = ("auto", "tiff", "lif")
 
@@ -60,6 +64,8 @@ class ImagesSpec:
     labels_folder: Path | None
     labels_pattern: str
     train: tuple[str, ...] | None
+    #: only some objects are labelled: score only the labelled ones (see opsef_opt.score.gt)
+    labels_sparse: bool = False
 
 
 @dataclass(frozen=True)
@@ -109,9 +115,49 @@ class SearchSpec:
 
 
 @dataclass(frozen=True)
+class ProxySetting:
+    """One registered proxy: its weight in the combined score and its options."""
+
+    name: str
+    weight: float
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class ScoreSpec:
+    """How trials are scored (``study.score``).
+
+    ``objective`` is what the search maximises: ``auto`` (ground truth when
+    every image has labels, else the combined proxy), ``gt_<metric>``,
+    ``proxy`` (the combined proxy), ``proxy.<name>`` (one proxy), ``tags``
+    (human quality tags, the learned tag model for untagged runs) or
+    ``tag_model`` (the learned tag model for every run).
+    """
+
     objective: str = "auto"
     iou: float = 0.5
+    aggregate: str = "per_image"
+    proxies: tuple[ProxySetting, ...] = ()
+    gate: str | None = "sanity"
+    tag_values: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_TAG_VALUES))
+    min_tagged: int = 10
+
+    @property
+    def weights(self) -> dict[str, float]:
+        return {p.name: p.weight for p in self.proxies}
+
+    def options(self, name: str) -> dict[str, Any]:
+        return next((dict(p.options) for p in self.proxies if p.name == name), {})
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    """One stage of a study: its own Optuna study ``<study>/<name>`` and MLflow parent run."""
+
+    name: str
+    objective: str
+    sampler: str
+    n_trials: int
 
 
 @dataclass(frozen=True)
@@ -123,6 +169,7 @@ class StudySpec:
     reshape: ReshapeSpec
     search: SearchSpec
     score: ScoreSpec
+    stages: tuple[StageSpec, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -140,7 +187,18 @@ class Settings:
     heartbeat_grace: int
     log_artifacts: bool
     leaderboard_rows: int
+    #: run only this stage (None: every stage in order)
+    stage: str | None = None
+    #: mode=tag: import tags from this CSV instead of asking
+    tags_csv: Path | None = None
+    #: mode=tag: how many untagged runs to show and ask about at once
+    tag_batch: int = 12
     extra: Mapping[str, Any] = field(default_factory=dict)
+
+    def stages_to_run(self) -> tuple[StageSpec, ...]:
+        if self.stage is None:
+            return self.study.stages
+        return tuple(s for s in self.study.stages if s.name == self.stage)
 
     @property
     def study_dir(self) -> Path:
@@ -242,9 +300,10 @@ def _images(where: str, node: Mapping, base: Path, data_source: str) -> ImagesSp
     lif_t = _int(f"{where}.lif.t", lif.get("t", 0), 0)
     lif_mosaic = _int(f"{where}.lif.mosaic", lif.get("mosaic"), 0, nullable=True)
     labels = node["labels"]
-    labels_folder, labels_pattern = None, "{stem}.tif"
+    labels_folder, labels_pattern, labels_sparse = None, "{stem}.tif", False
     if labels is not None:
-        _keys(f"{where}.labels", labels, {"folder": None, "pattern": None})
+        _keys(f"{where}.labels", labels, {"folder": None, "pattern": None, "sparse": False})
+        labels_sparse = _typed(f"{where}.labels.sparse", labels.get("sparse", False), (bool,), "true or false")
         if labels.get("folder") is None:
             raise ConfigError(f"{where}.labels.folder: required when labels are given")
         labels_folder = _path(f"{where}.labels.folder", labels["folder"], base)
@@ -263,7 +322,7 @@ def _images(where: str, node: Mapping, base: Path, data_source: str) -> ImagesSp
         train = tuple(train)
     return ImagesSpec(
         folder, pattern, files, fmt, channel, axes, z, lif.get("image"), lif_t, lif_mosaic,
-        labels_folder, labels_pattern, train,
+        labels_folder, labels_pattern, train, labels_sparse,
     )
 
 
@@ -425,25 +484,102 @@ def _search(where: str, node: Mapping) -> SearchSpec:
     return SearchSpec(sampler, preprocess, models)
 
 
-def _score(where: str, node: Mapping) -> ScoreSpec:
-    from opsef_opt.score import SCORES
+def objectives() -> list[str]:
+    """Every valid ``study.score.objective``."""
+    from opsef_opt.score import PROXIES
+    from opsef_opt.score.gt import GT_METRICS
 
-    _keys(where, node, {"objective": "auto", "iou": 0.5})
-    objective = node.get("objective", "auto")
-    if objective != "auto" and objective not in SCORES:
-        raise ConfigError(f"{where}.objective={objective!r}: expected auto or one of {', '.join(SCORES.names())}")
+    return (["auto"] + [f"gt_{m}" for m in GT_METRICS] + ["proxy"]
+            + [f"proxy.{p}" for p in PROXIES.names()] + ["tags", "tag_model"])
+
+
+def _objective(where: str, value: Any) -> str:
+    allowed = objectives()
+    if value not in allowed:
+        raise ConfigError(f"{where}={value!r}: expected one of {', '.join(allowed)}")
+    return value
+
+
+def _proxies(where: str, node: Mapping) -> tuple[ProxySetting, ...]:
+    from opsef_opt.params import ParamError, check_kwargs
+    from opsef_opt.score import PROXIES
+
+    _keys(where, node, dict.fromkeys(PROXIES.names()))
+    out = []
+    for name, proxy in PROXIES.items():
+        sub = dict(node.get(name) or {})
+        weight = _typed(f"{where}.{name}.weight", sub.pop("weight", proxy.weight), (int, float), "a number >= 0")
+        if weight < 0:
+            raise ConfigError(f"{where}.{name}.weight={weight}: must be >= 0")
+        try:
+            options = check_kwargs(proxy.params, sub, f"{where}.{name}")
+        except ParamError as e:
+            raise ConfigError(f"{e} (or 'weight')") from None
+        out.append(ProxySetting(name, float(weight), options))
+    return tuple(out)
+
+
+def _score(where: str, node: Mapping) -> ScoreSpec:
+    from opsef_opt.score import PROXIES
+
+    _keys(where, node, dict.fromkeys(["objective", "iou", "aggregate", "proxies", "gate", "tags"]))
+    objective = _objective(f"{where}.objective", node.get("objective", "auto"))
     iou = _typed(f"{where}.iou", node.get("iou", 0.5), (int, float), "a number in (0, 1)")
     if not 0 < iou < 1:
         raise ConfigError(f"{where}.iou={iou}: must be in (0, 1)")
-    return ScoreSpec(objective, float(iou))
+    aggregate = _choice(f"{where}.aggregate", node.get("aggregate", "per_image"), ("per_image", "pooled"))
+    gate = node.get("gate", "sanity")
+    if gate is not None and gate not in PROXIES:
+        raise ConfigError(f"{where}.gate={gate!r}: expected null or one of {', '.join(PROXIES.names())}")
+    tags = node.get("tags") or {}
+    _keys(f"{where}.tags", tags, {"values": None, "min_tagged": 10})
+    values = dict(DEFAULT_TAG_VALUES)
+    for tag, v in (tags.get("values") or {}).items():
+        if tag not in TAGS:
+            raise ConfigError(f"{where}.tags.values.{tag}: unknown tag; the tags are {', '.join(TAGS)}")
+        values[tag] = float(_typed(f"{where}.tags.values.{tag}", v, (int, float), "a number"))
+    min_tagged = _int(f"{where}.tags.min_tagged", tags.get("min_tagged", 10), 2)
+    return ScoreSpec(objective, float(iou), aggregate, _proxies(f"{where}.proxies", node.get("proxies") or {}),
+                     gate, values, min_tagged)
+
+
+def _has_ranges(search: SearchSpec) -> bool:
+    return any(m.ranges for m in search.models) or any(o.ranges for opts in search.preprocess.values() for o in opts)
+
+
+def score_spec(node: Mapping | None = None) -> ScoreSpec:
+    """A validated :class:`ScoreSpec` from a ``study.score`` mapping (defaults when None)."""
+    return _score("study.score", node or {})
+
+
+def _stages(where: str, node: Any, default: StageSpec, search: SearchSpec) -> tuple[StageSpec, ...]:
+    """``study.stages``: an ordered mapping name -> {objective, sampler, n_trials}; default one stage."""
+    if not node:
+        return (default,)
+    if not isinstance(node, Mapping):
+        raise ConfigError(f"{where}: expected a mapping of stage name -> settings")
+    out = []
+    for name, sub in node.items():
+        sub = sub or {}
+        if not isinstance(name, str) or not name.isidentifier():
+            raise ConfigError(f"{where}.{name}: stage names must be simple identifiers (letters, digits, _)")
+        _keys(f"{where}.{name}", sub, {"objective": None, "sampler": None, "n_trials": None})
+        objective = _objective(f"{where}.{name}.objective", sub.get("objective") or default.objective)
+        sampler = _choice(f"{where}.{name}.sampler", sub.get("sampler") or default.sampler, SAMPLERS[1:])
+        if sampler == "grid" and _has_ranges(search):
+            raise ConfigError(f"{where}.{name}.sampler=grid: the search space has {{low, high}} ranges; "
+                              f"use lists of values for a grid, or sampler=tpe")
+        n_trials = _int(f"{where}.{name}.n_trials", sub.get("n_trials") or default.n_trials, 1)
+        out.append(StageSpec(name, objective, sampler, n_trials))
+    return tuple(out)
 
 
 _STUDY_KEYS = dict.fromkeys(
-    ["name", "description", "data_source", "n_trials", "seed", "images", "reshape", "search", "score"]
+    ["name", "description", "data_source", "n_trials", "seed", "images", "reshape", "search", "score", "stages"]
 )
 _TOP_KEYS = dict.fromkeys(
     ["mode", "study", "studies_dir", "n_trials", "seed", "storage", "tracking_uri",
-     "heartbeat", "log_artifacts", "leaderboard_rows"]
+     "heartbeat", "log_artifacts", "leaderboard_rows", "stage", "tags_csv", "tag_batch"]
 )
 
 
@@ -476,6 +612,17 @@ def validate(cfg: DictConfig | Mapping, base: Path | None = None) -> Settings:
         search=_search("study.search", study.get("search") or {}),
         score=_score("study.score", study.get("score") or {}),
     )
+    n_trials = _int("n_trials", raw.get("n_trials"), 1)
+    default_stage = StageSpec("search", spec.score.objective, spec.search.sampler, n_trials)
+    spec = replace(spec, stages=_stages("study.stages", study.get("stages"), default_stage, spec.search))
+    stage = _typed("stage", raw.get("stage"), (str,), "a stage name", nullable=True)
+    if stage is not None and stage not in [s.name for s in spec.stages]:
+        raise ConfigError(f"stage={stage!r}: the study has the stages {', '.join(s.name for s in spec.stages)}")
+    tags_csv = raw.get("tags_csv")
+    if tags_csv is not None:
+        tags_csv = _path("tags_csv", tags_csv, base)
+        if not tags_csv.is_file():
+            raise ConfigError(f"tags_csv={str(tags_csv)!r}: file not found")
     hb = raw.get("heartbeat") or {}
     _keys("heartbeat", hb, {"interval": 2, "grace": 6})
     interval = _int("heartbeat.interval", hb.get("interval", 2), 1)
@@ -486,7 +633,7 @@ def validate(cfg: DictConfig | Mapping, base: Path | None = None) -> Settings:
         mode=_choice("mode", raw.get("mode", "search"), MODES),
         study=spec,
         studies_dir=_path("studies_dir", raw.get("studies_dir", "studies"), base),
-        n_trials=_int("n_trials", raw.get("n_trials"), 1),
+        n_trials=n_trials,
         seed=_int("seed", raw.get("seed", 0), 0),
         storage=_typed("storage", raw.get("storage"), (str,), "an RDB URL such as sqlite:///studies/x/optuna.db"),
         tracking_uri=_typed("tracking_uri", raw.get("tracking_uri"), (str,), "an MLflow tracking URI"),
@@ -494,4 +641,7 @@ def validate(cfg: DictConfig | Mapping, base: Path | None = None) -> Settings:
         heartbeat_grace=grace,
         log_artifacts=_typed("log_artifacts", raw.get("log_artifacts", True), (bool,), "true or false"),
         leaderboard_rows=_int("leaderboard_rows", raw.get("leaderboard_rows", 10), 1),
+        stage=stage,
+        tags_csv=tags_csv,
+        tag_batch=_int("tag_batch", raw.get("tag_batch", 12), 1),
     )

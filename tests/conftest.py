@@ -24,11 +24,12 @@ def shared(*parts: str) -> Path:
     return path
 
 
-def run_cli(*args: str, cwd: Path, timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:
-    """Run ``python -m opsef_opt ARGS`` in a subprocess, as a user would."""
+def run_cli(*args: str, cwd: Path, timeout: float = 300, env: dict | None = None,
+            input: str | None = None) -> subprocess.CompletedProcess:
+    """Run ``python -m opsef_opt ARGS`` in a subprocess, as a user would (``input`` is typed on stdin)."""
     return subprocess.run(
         [sys.executable, "-m", "opsef_opt", *args],
-        cwd=cwd, capture_output=True, text=True, timeout=timeout,
+        cwd=cwd, capture_output=True, text=True, timeout=timeout, input=input,
         env={**os.environ, **(env or {})},
     )
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from opsef_opt.preprocess import run_chain
-from opsef_opt.score import instance_metrics
+from opsef_opt.score.gt import instance_metrics
 from opsef_opt.segment import ModelUnavailable, load_segmenter
 from opsef_opt.segment.bioimageio_unet import BioimageioUNet, apply_processing
 

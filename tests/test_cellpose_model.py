@@ -56,7 +56,7 @@ def tiny_model(dsb512, tmp_path_factory):
 
 @pytest.mark.slow
 def test_trained_model_segments_held_out_tile(tiny_model, dsb512):
-    from opsef_opt.score import instance_metrics
+    from opsef_opt.score.gt import instance_metrics
 
     img, lbl = dsb512
     model = load_segmenter("cellpose", model=str(tiny_model), device="cpu")
@@ -84,7 +84,7 @@ def test_other_image_with_its_diameter(tiny_model):
     """A different DSB image whose nuclei are ~9 px (training: ~23 px): ``diameter`` rescales it."""
     import tifffile
 
-    from opsef_opt.score import instance_metrics
+    from opsef_opt.score.gt import instance_metrics
 
     folder = shared("gt", "dsb2018_256")
     img = tifffile.imread(folder / "image.tif")

@@ -62,22 +62,27 @@ def test_short_study_completes_with_leaderboard_and_mlflow_runs(tmp_path):
         assert run.data.params["pre.filter"] in ("none", "median(size=3)")
         assert abs(run.data.metrics["score"] - t.value) < 1e-9
         for key in ("n_objects_mean", "mean_object_area", "time_preprocess_s", "time_segment_s",
-                    "time_score_s", "time_log_s", "f1.dsb2018_256", "mean_matched_iou.mitocheck_hela"):
+                    "time_score_s", "time_log_s", "dsb2018_256/gt.f1", "mitocheck_hela/proxy", "gt.mean_matched_iou",
+                    "gt.ap", "gt.pooled.f1", "proxy", "proxy.consensus", "proxy.shape", "proxy.contrast",
+                    "proxy.sanity"):
             assert key in run.data.metrics, key
     # artifacts of one run, read back like a user would
     run = children[0]
     local = Path(client.download_artifacts(run.info.run_id, "images", str(tmp_path / "dl")))
-    assert sorted(p.name for p in local.iterdir()) == ["dsb2018_256", "mitocheck_hela"]
+    assert sorted(p.name for p in local.iterdir()) == ["dsb2018_256", "metrics_per_image.csv", "mitocheck_hela"]
+    per_image = pd.read_csv(local / "metrics_per_image.csv")
+    assert list(per_image["image"]) == ["dsb2018_256", "mitocheck_hela"]
+    assert abs(per_image["gt.f1"].mean() - run.data.metrics["gt.f1"]) < 1e-9
     labels = tifffile.imread(local / "dsb2018_256" / "labels.tif")
     assert labels.dtype == np.int32 and labels.shape == (256, 256)
-    assert labels.max() == run.data.metrics["n_objects.dsb2018_256"]
+    assert labels.max() == run.data.metrics["dsb2018_256/n_objects"]
     overlay = np.asarray(PILImage.open(local / "dsb2018_256" / "overlay.png"))
     assert overlay.shape == (256, 256, 3) and overlay.dtype == np.uint8
     assert ((overlay == (255, 255, 0)).all(-1)).sum() > 100  # outlines are drawn
     table = pd.read_csv(local / "mitocheck_hela" / "regions.csv")
     assert {"label", "area", "centroid_y", "centroid_x", "perimeter", "eccentricity", "solidity",
             "intensity_mean", "intensity_min", "intensity_max"} <= set(table.columns)
-    assert len(table) == run.data.metrics["n_objects.mitocheck_hela"]
+    assert len(table) == run.data.metrics["mitocheck_hela/n_objects"]
 
 
 def _running_trial_and_complete(db: Path) -> tuple[int, int]:
@@ -151,7 +156,7 @@ def test_corrupt_tiff_is_reported_and_the_study_goes_on(tmp_path):
     assert _states(study).count(optuna.trial.TrialState.COMPLETE) == 2
     _, parents, children = _child_runs(tmp_path, "tiny")
     assert "broken.tif" in parents[0].data.tags["skipped_images"]
-    assert {"f1.dsb2018_256", "f1.mitocheck_hela"} <= set(children[0].data.metrics)
+    assert {"dsb2018_256/gt.f1", "mitocheck_hela/gt.f1"} <= set(children[0].data.metrics)
 
 
 def test_failing_pipeline_fails_only_its_trials(tmp_path):

@@ -11,7 +11,7 @@ from conftest import REPO, shared
 from scipy import ndimage as ndi
 from skimage import filters, segmentation
 
-from opsef_opt.score import instance_metrics
+from opsef_opt.score.gt import instance_metrics
 from opsef_opt.segment import ModelUnavailable, load_segmenter
 from opsef_opt.segment.cp_unet import (
     WEIGHTS_URL,

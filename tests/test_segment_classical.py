@@ -6,7 +6,7 @@ import pytest
 import tifffile
 
 from opsef_opt.preprocess import run_chain
-from opsef_opt.score import instance_metrics
+from opsef_opt.score.gt import instance_metrics
 from opsef_opt.segment import SEGMENTERS, load_segmenter, model_cache_info, threshold_watershed
 
 from conftest import DEMO, shared

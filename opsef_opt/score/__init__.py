@@ -1,7 +1,5 @@
-"""Scores for trials: ground-truth metrics and unsupervised proxies, behind a registry."""
-from opsef_opt.score import gt, proxy  # noqa: F401  (register built-in scores)
-from opsef_opt.score.gt import instance_metrics
-from opsef_opt.score.proxy import boundary_contrast
-from opsef_opt.score.registry import SCORES, ImageResult, ScoreFn, register_score
+"""Scores for trials: ground-truth metrics, unsupervised proxies (a registry), human tags."""
+from opsef_opt.score import proxies  # noqa: F401  (registers the built-in proxies)
+from opsef_opt.score.registry import PROXIES, ImageResult, Proxy, register_proxy
 
-__all__ = ["SCORES", "ImageResult", "ScoreFn", "boundary_contrast", "instance_metrics", "register_score"]
+__all__ = ["PROXIES", "ImageResult", "Proxy", "register_proxy"]

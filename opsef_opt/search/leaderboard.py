@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Mapping
 
 import optuna
 import pandas as pd
@@ -10,8 +11,16 @@ from optuna.trial import TrialState
 __all__ = ["leaderboard", "print_leaderboard"]
 
 
-def leaderboard(study: optuna.Study) -> pd.DataFrame:
-    """One row per trial (best first): score, pipeline, parameters, state, MLflow run."""
+def leaderboard(study: optuna.Study, tags: Mapping[str, str] | None = None) -> pd.DataFrame:
+    """One row per trial (best first): score, pipeline, parameters, state, tag, MLflow run.
+
+    ``score`` is what the optimiser saw; ``score_final`` (proxy objectives)
+    compares every candidate with all the others once the stage is done and
+    is the one the table is ranked by when present. Trials seeded from the
+    analyst's tags have ``source`` = ``tag``.
+    """
+    tags = tags or {}
+    finals = study.user_attrs.get("final_scores", {})
     rows = []
     for t in study.get_trials(deepcopy=False):
         if t.state not in (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED):
@@ -21,6 +30,9 @@ def leaderboard(study: optuna.Study) -> pd.DataFrame:
             "trial": t.number,
             "state": t.state.name,
             "score": t.value,
+            "score_final": finals.get(str(t.number)),
+            "source": t.user_attrs.get("value_source", "evaluated"),
+            "tag": tags.get(t.user_attrs.get("mlflow_run_id", ""), t.user_attrs.get("tag", "")),
             "pipeline": summary.get("pipeline", ""),
             "model": summary.get("model", ""),
             "n_objects_mean": summary.get("n_objects_mean"),
@@ -34,7 +46,8 @@ def leaderboard(study: optuna.Study) -> pd.DataFrame:
     if df.empty:
         return df
     df["_ok"] = df["state"] == "COMPLETE"
-    df = df.sort_values(["_ok", "score", "trial"], ascending=[False, False, True]).drop(columns="_ok")
+    df["_rank"] = df["score_final"].astype(float).fillna(df["score"].astype(float))
+    df = df.sort_values(["_ok", "_rank", "trial"], ascending=[False, False, True]).drop(columns=["_ok", "_rank"])
     return df.reset_index(drop=True)
 
 
@@ -47,12 +60,17 @@ def print_leaderboard(df: pd.DataFrame, rows: int, csv_path: Path, title: str,
     csv_path.parent.mkdir(parents=True, exist_ok=True)
     df.to_csv(csv_path, index=False)
     table = Table(title=title)
-    for col in ("rank", "trial", "score", "objects", "s/trial", "pipeline"):
+    finals = not df.empty and df["score_final"].notna().any()
+    for col in ("rank", "trial", "score", *(("final",) if finals else ()), "tag", "objects", "s/trial", "pipeline"):
         table.add_column(col, justify="left" if col == "pipeline" else "right")
     ok = df[df["state"] == "COMPLETE"] if not df.empty else df
     for rank, row in enumerate(ok.head(rows).itertuples(), start=1):
-        table.add_row(str(rank), str(row.trial), f"{row.score:.4f}", f"{row.n_objects_mean:.1f}",
-                      f"{row.seconds:.2f}", row.pipeline)
+        final = (f"{row.score_final:.4f}" if row.score_final == row.score_final and row.score_final is not None
+                 else "",) if finals else ()
+        objects = f"{row.n_objects_mean:.1f}" if row.n_objects_mean is not None else ""
+        seconds = f"{row.seconds:.2f}" if row.source != "tag" and row.seconds is not None else "tag"
+        table.add_row(str(rank), str(row.trial), f"{row.score:.4f}", *final, row.tag or "", objects,
+                      seconds, row.pipeline)
     console = Console(width=max(120, Console().width))
     console.print(table)
     if not df.empty:

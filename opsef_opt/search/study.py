@@ -27,28 +27,34 @@ import optuna
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
-from opsef_opt.config import ConfigError, SearchSpec, Settings
-from opsef_opt.io.dataset import load_items
+from opsef_opt.config import ConfigError, SearchSpec, Settings, StageSpec
+from opsef_opt.io.dataset import Item, load_items
 from opsef_opt.preprocess.cache import PreprocessCache
-from opsef_opt.score import SCORES, ScoreFn
+from opsef_opt.score.objective import Objective, resolve_objective
+from opsef_opt.search.pool import ConsensusPool, LabelStore
+from opsef_opt.search.rescore import final_scores
+from opsef_opt.search.sheets import stage_contact_sheet
 from opsef_opt.search.space import grid_points, pipeline_from_params
 from opsef_opt.search.trial import TrialContext, TrialFailed, evaluate, record_trial, run_trial
+from opsef_opt.tags import trial_runs
+from opsef_opt.tags.learn import NeedTags, fit_from_runs
+from opsef_opt.tags.seeding import seed_tagged
 from opsef_opt.track import Tracker
 from opsef_opt.track.recorder import Recorder
 
-__all__ = ["run_search", "open_study", "count_trials", "StudyError"]
+__all__ = ["run_search", "run_stage", "open_study", "count_trials", "StudyError", "NeedTags"]
 
 log = logging.getLogger("opsef_opt")
-STAGE = "search"
 
 
 class StudyError(RuntimeError):
     """The study cannot run (no readable images, changed search space, ...)."""
 
 
-def _space_signature(settings: Settings) -> str:
+def _space_signature(settings: Settings, stage: StageSpec) -> str:
     s = settings.study
-    payload = repr((s.search, s.score, s.images.train, s.reshape))
+    payload = repr((s.search, s.score, s.images.train, s.images.labels_sparse, s.reshape,
+                    stage.objective, stage.sampler))
     return hashlib.sha1(payload.encode()).hexdigest()[:16]
 
 
@@ -71,16 +77,16 @@ class _StaleTrialHandler:
         self.retry(study, trial)
 
 
-def _sampler(settings: Settings, n_existing: int) -> optuna.samplers.BaseSampler:
+def _sampler(sampler: str, seed: int, n_existing: int) -> optuna.samplers.BaseSampler:
     # offset the seed by the number of trials already stored, so a resumed
     # study does not replay the random start-up proposals it already made
-    seed = settings.seed + n_existing
-    if settings.study.search.sampler == "tpe":
+    seed = seed + n_existing
+    if sampler == "tpe":
         return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, n_startup_trials=10)
     return optuna.samplers.RandomSampler(seed=seed)
 
 
-def open_study(settings: Settings, stage: str = STAGE) -> optuna.Study:
+def open_study(settings: Settings, stage: StageSpec) -> optuna.Study:
     """Create or load the study on its RDB storage, with heartbeats enabled."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -91,13 +97,13 @@ def open_study(settings: Settings, stage: str = STAGE) -> optuna.Study:
             grace_period=settings.heartbeat_grace,
             heartbeat_stale_trial_callback=_StaleTrialHandler(settings.tracking_uri),
         )
-    name = f"{settings.study.name}/{stage}"
+    name = f"{settings.study.name}/{stage.name}"
     try:
         n_existing = len(optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False))
     except KeyError:
         n_existing = 0
     return optuna.create_study(
-        study_name=name, storage=storage, sampler=_sampler(settings, n_existing),
+        study_name=name, storage=storage, sampler=_sampler(stage.sampler, settings.seed, n_existing),
         direction="maximize", load_if_exists=True,
     )
 
@@ -131,6 +137,8 @@ def count_trials(trials: list[optuna.trial.FrozenTrial]) -> tuple[int, int]:
     """(trials that count against the budget, trials running now)."""
     done = running = 0
     for t in trials:
+        if t.user_attrs.get("value_source") == "tag":
+            continue  # seeded from the analyst's tags, not an evaluation of this stage
         if t.state in (TrialState.COMPLETE, TrialState.PRUNED) or (
             t.state == TrialState.FAIL and "error" in t.user_attrs
         ):
@@ -140,36 +148,38 @@ def count_trials(trials: list[optuna.trial.FrozenTrial]) -> tuple[int, int]:
     return done, running
 
 
-def _choose_score(settings: Settings, items) -> tuple[ScoreFn, dict]:
-    objective = settings.study.score.objective
+def _objective(settings: Settings, stage: StageSpec, items: list[Item], tracker: Tracker) -> Objective:
     with_truth = [i.truth is not None for i in items]
-    if objective == "auto":
-        objective = "gt_f1" if all(with_truth) else "proxy_basic"
-    score = SCORES.get(objective)
-    if score.needs_truth and not all(with_truth):
+    name = resolve_objective(stage.objective, all(with_truth))
+    if name.startswith("gt_") and not all(with_truth):
         missing = [i.name for i, t in zip(items, with_truth) if not t]
         raise ConfigError(
-            f"study.score.objective={objective}: needs ground-truth labels, missing for {missing[:5]}; "
+            f"stage {stage.name}: objective {name} needs ground-truth labels, missing for {missing[:5]}; "
             f"set study.images.labels or use objective=auto"
         )
-    return score, {"iou": settings.study.score.iou} if score.needs_truth else {}
+    model = None
+    if name in ("tags", "tag_model"):
+        runs = trial_runs(tracker.client, tracker.experiment_id, settings.study.name)
+        model = fit_from_runs(runs, settings.study.score, settings, stage.name)
+        log.info("%s", model.describe())
+    return Objective(settings.study.score, name, settings.study.images.labels_sparse, model)
 
 
-def _check_signature(study: optuna.Study, settings: Settings) -> None:
-    sig = _space_signature(settings)
+def _check_signature(study: optuna.Study, settings: Settings, stage: StageSpec) -> None:
+    sig = _space_signature(settings, stage)
     old = study.user_attrs.get("space_signature")
     if old is None:
         study.set_user_attr("space_signature", sig)
     elif old != sig:
         raise StudyError(
-            f"the search space, scoring or images of study '{settings.study.name}' changed since it was "
+            f"the search space, scoring or images of stage '{study.study_name}' changed since it was "
             f"created ({settings.storage}); resume needs the same settings. Start a new study with "
             f"study.name=NEW_NAME, or delete {settings.study_dir} to start over."
         )
 
 
-def _enqueue_grid(study: optuna.Study, settings: Settings) -> int:
-    points = grid_points(settings.study.search, settings.seed)
+def _enqueue_grid(study: optuna.Study, space: SearchSpec, seed: int) -> int:
+    points = grid_points(space, seed)
     if not study.user_attrs.get("grid_enqueued"):
         for p in points:
             study.enqueue_trial(p)
@@ -210,53 +220,66 @@ class StopRequest:
             raise KeyboardInterrupt("stop requested")
 
 
-def run_search(settings: Settings) -> optuna.Study:
-    """Run (or continue) the study until its trial budget is spent."""
+def run_search(settings: Settings) -> list[optuna.Study]:
+    """Run (or continue) the study's stages in order, each until its trial budget is spent."""
     items, problems = load_items(settings.study.images, settings.study.reshape)
     for p in problems:
         log.warning("%s", p)
     if not items:
         raise StudyError("no readable image left in study.images: " + "; ".join(problems))
-    score, score_options = _choose_score(settings, items)
-
     space, skipped = available_space(settings.study.search)
-    settings = replace(settings, study=replace(settings.study, search=space))
-
     settings.study_dir.mkdir(parents=True, exist_ok=True)
-    study = open_study(settings)
-    _check_signature(study, settings)
-    budget = settings.n_trials
-    if settings.study.search.sampler == "grid":
-        size = _enqueue_grid(study, settings)
+    tracker = Tracker(settings.tracking_uri, settings.studies_dir / "mlartifacts", settings.study.name,
+                      settings.study.description)
+    return [run_stage(settings, stage, items, space, tracker, problems, skipped)
+            for stage in settings.stages_to_run()]
+
+
+def run_stage(settings: Settings, stage: StageSpec, items: list[Item], space: SearchSpec, tracker: Tracker,
+              problems: list[str] = (), skipped: dict[str, str] | None = None) -> optuna.Study:
+    """Run (or continue) one stage: its own Optuna study and MLflow parent run."""
+    skipped = skipped or {}
+    objective = _objective(settings, stage, items, tracker)
+    study = open_study(settings, stage)
+    _check_signature(study, settings, stage)
+    budget = stage.n_trials
+    if stage.sampler == "grid":
+        size = _enqueue_grid(study, space, settings.seed)
         if budget > size:
             log.info("the grid has %d pipelines; n_trials=%d is capped at %d", size, budget, size)
             budget = size
+    if objective.name == "tags":
+        runs = trial_runs(tracker.client, tracker.experiment_id, settings.study.name)
+        added = seed_tagged(study, runs, settings.study.score.tag_values)
+        if added:
+            log.info("stage %s: %d tagged pipeline(s) added as completed trials", stage.name, added)
 
-    tracker = Tracker(settings.tracking_uri, settings.studies_dir / "mlartifacts", settings.study.name,
-                      settings.study.description)
+    key = f"mlflow_parent_run:{stage.name}"
     parent = tracker.open_parent(
-        study.user_attrs.get(f"mlflow_parent_run:{STAGE}"), f"{STAGE}",
-        tags={"optuna.study": study.study_name, "opsef.stage": STAGE},
+        study.user_attrs.get(key), stage.name,
+        tags={"optuna.study": study.study_name, "opsef.stage": stage.name},
     )
-    study.set_user_attr(f"mlflow_parent_run:{STAGE}", parent)
+    study.set_user_attr(key, parent)
     # tags, not params: a resumed run may change the budget or seed, and params are immutable
-    tracker.log(parent, tags={"n_trials": budget, "seed": settings.seed, "sampler": settings.study.search.sampler,
-                              "objective": score.name, "n_items": len(items),
+    tracker.log(parent, tags={"n_trials": budget, "seed": settings.seed, "sampler": stage.sampler,
+                              "objective": objective.name, "n_items": len(items),
+                              "tag_model": objective.tag_model.describe() if objective.tag_model else "none",
                               "skipped_images": "\n".join(problems) or "none",
                               "skipped_models": "\n".join(f"{k}: {v}" for k, v in skipped.items()) or "none"})
     study.set_user_attr("skipped_models", skipped)
     recorder = Recorder()
     stop = StopRequest()
+    store = LabelStore(settings.study_dir / "labels" / stage.name)
     ctx = TrialContext(
-        study.study_name, settings.study.search, items, score, score_options,
+        study.study_name, space, items, objective,
         PreprocessCache(settings.study_dir / "cache" / "preprocess"), tracker, parent, recorder,
-        settings.log_artifacts, stop.check,
+        store, ConsensusPool(store), settings.log_artifacts, stop.check,
     )
     _record_unrecorded(study, ctx)
     previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    log.info("study %s: %d images/items, objective %s, budget %d trials (%s sampler)",
-             study.study_name, len(items), score.name, budget, settings.study.search.sampler)
+    log.info("stage %s: %d images/items, objective %s, budget %d trials (%s sampler)",
+             study.study_name, len(items), objective.name, budget, stage.sampler)
     waited = False
     started: set[int] = set()
     try:
@@ -284,6 +307,7 @@ def run_search(settings: Settings) -> optuna.Study:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     recorder.close()
+    _finish_stage(settings, stage, study, ctx)
     best = _best_value(study)
     tracker.close_parent(
         parent,
@@ -292,6 +316,30 @@ def run_search(settings: Settings) -> optuna.Study:
     )
     study.set_user_attr("cache_stats", ctx.cache.stats)
     return study
+
+
+def _finish_stage(settings: Settings, stage: StageSpec, study: optuna.Study, ctx: TrialContext) -> None:
+    """Scores that need every candidate (final consensus), and the stage's contact sheet."""
+    complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+                if t.user_attrs.get("value_source") != "tag"]
+    finals = final_scores(ctx.store, settings.study.score, ctx.objective.name, [t.number for t in complete])
+    if finals:
+        by_number = {t.number: t for t in complete}
+        for number, values in finals.items():
+            run_id = by_number[number].user_attrs.get("mlflow_run_id")
+            if run_id:
+                ctx.tracker.log(run_id, metrics={k: v for k, v in values.items() if v == v})
+        study.set_user_attr("final_scores", {str(n): v.get("score.final") for n, v in finals.items()
+                                             if "score.final" in v})
+    runs = trial_runs(ctx.tracker.client, ctx.tracker.experiment_id, settings.study.name)
+    tags = {r.run_id: r.tag for r in runs if r.tag}
+    path = settings.study_dir / "contact_sheets" / f"{stage.name}.png"
+    try:
+        if stage_contact_sheet(study, ctx.store, ctx.items, ctx.references, tags, path):
+            ctx.tracker.client.log_artifact(ctx.parent_run_id, str(path), "contact_sheet")
+            log.info("contact sheet: %s", path)
+    except Exception as e:  # a figure must never cost the study its results
+        log.warning("contact sheet not written: %s: %s", type(e).__name__, e)
 
 
 def _fail_stale(study: optuna.Study, grace: int, started: set[int]) -> list[optuna.trial.FrozenTrial]:
@@ -333,6 +381,7 @@ def _record_unrecorded(study: optuna.Study, ctx: TrialContext) -> None:
         if run_id in open_runs:
             log.info("recording trial %d again (its process was killed while recording it)", t.number)
             value, metrics, outputs = evaluate(ctx, pipeline_from_params(ctx.space, t.params))
+            ctx.store.save(t.number, {o.name: o.labels for o in outputs}, {o.name: o.metrics for o in outputs})
             record_trial(ctx.tracker, run_id, outputs if ctx.log_artifacts else [], metrics)
 
 

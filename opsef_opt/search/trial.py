@@ -9,11 +9,15 @@ from typing import Any, Callable
 
 import numpy as np
 import optuna
+import pandas as pd
 
 from opsef_opt.io.dataset import Item
 from opsef_opt.preprocess import run_chain
 from opsef_opt.preprocess.cache import PreprocessCache, cache_key
-from opsef_opt.score import ImageResult, ScoreFn
+from opsef_opt.preprocess import normalize01
+from opsef_opt.score import ImageResult
+from opsef_opt.score.objective import Objective
+from opsef_opt.search.pool import ConsensusPool, LabelStore
 from opsef_opt.search.space import Pipeline, suggest_pipeline
 from opsef_opt.config import SearchSpec
 from opsef_opt.segment import load_segmenter, model_cache_info
@@ -29,21 +33,23 @@ class TrialFailed(Exception):
 
 @dataclass
 class TrialContext:
-    """What every trial of a study shares (built once per process)."""
+    """What every trial of a stage shares (built once per process)."""
 
     study_name: str
     space: SearchSpec
     items: list[Item]
-    score: ScoreFn
-    score_options: dict[str, Any]
+    objective: Objective
     cache: PreprocessCache
     tracker: Tracker
     parent_run_id: str
     recorder: Recorder
+    store: LabelStore
+    pool: ConsensusPool | None = None
     log_artifacts: bool = True
     #: raises KeyboardInterrupt when the user asked to stop (checked between images)
     check_stop: Callable[[], None] = lambda: None
     last: dict[str, Any] = field(default_factory=dict)  # outcome of the latest trial, for progress lines
+    references: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 def _safe(name: str) -> str:
@@ -58,15 +64,43 @@ class ImageOutput:
     labels: np.ndarray
     shown: np.ndarray  # the preprocessed image the model saw (overlay background)
     raw: np.ndarray  # the image intensities are measured on
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+def reference_intensities(item: Item, shape: tuple[int, ...], shown: np.ndarray) -> np.ndarray:
+    """The raw image as float32 in [0, 1], channels averaged, on the labels' grid.
+
+    Intensity proxies (boundary contrast) measure every candidate on this same
+    image, so a preprocessing that boosts contrast does not score itself. When
+    the pipeline changes the geometry (a projection), the preprocessed image
+    is the only one on the labels' grid and is used instead.
+    """
+    data = item.data
+    if "C" in item.axes:
+        data = data.mean(axis=item.axes.index("C"))
+    if data.shape != tuple(shape):
+        data = shown.mean(axis=-1) if shown.ndim == len(shape) + 1 else shown
+    return normalize01(np.asarray(data, np.float32))
+
+
+def _resegment(model, steps, axes: str, params: dict) -> Callable[[np.ndarray], np.ndarray]:
+    """The trial's whole pipeline as a function of the input array (for the stability proxy)."""
+
+    def segment(source: np.ndarray) -> np.ndarray:
+        image, out_axes = run_chain(source, axes, steps)
+        return model(image, out_axes, **params).labels
+
+    return segment
 
 
 def evaluate(ctx: TrialContext, pipeline: Pipeline) -> tuple[float, dict[str, float], list[ImageOutput]]:
     """Run the pipeline on every item; return the trial score, its metrics and the outputs."""
     model = load_segmenter(pipeline.model.family, **pipeline.model.init)
     t = dict(time_preprocess_s=0.0, time_segment_s=0.0, time_score_s=0.0)
-    metrics: dict[str, float] = {}
     outputs: list[ImageOutput] = []
-    scores, counts, areas = [], [], []
+    results: list[ImageResult] = []
+    if ctx.pool is not None:
+        ctx.pool.refresh()
     for item in ctx.items:
         ctx.check_stop()
         t0 = time.perf_counter()
@@ -75,28 +109,37 @@ def evaluate(ctx: TrialContext, pipeline: Pipeline) -> tuple[float, dict[str, fl
         t1 = time.perf_counter()
         seg = model(image, axes, **pipeline.model_params)
         t2 = time.perf_counter()
-        values = ctx.score.func(ImageResult(seg.labels, image, item.truth), **ctx.score_options)
+        if item.name not in ctx.references:
+            ctx.references[item.name] = reference_intensities(item, seg.labels.shape, image)
+        result = ImageResult(
+            seg.labels, image, item.truth, raw=ctx.references[item.name], confidence=seg.confidence,
+            consensus=ctx.pool.consensus(item.name) if ctx.pool is not None else None,
+            source=item.data, source_axes=item.axes,
+            segment=_resegment(model, pipeline.steps, item.axes, pipeline.model_params),
+        )
+        values = ctx.objective.image_metrics(result)
         t3 = time.perf_counter()
         for k, dt in zip(t, (t1 - t0, t2 - t1, t3 - t2)):
             t[k] += dt
         n = int(seg.labels.max())
-        scores.append(float(values[ctx.score.key]))
-        counts.append(n)
-        areas.append(float(np.count_nonzero(seg.labels)) / max(n, 1))
-        metrics.update({f"{k}.{item.name}": v for k, v in values.items()})
-        metrics[f"n_objects.{item.name}"] = n
+        values.update(n_objects=n, mean_object_area=float(np.count_nonzero(seg.labels)) / max(n, 1))
+        results.append(result)
         raw = item.data if item.axes == "YX" and item.data.shape == seg.labels.shape else image
-        outputs.append(ImageOutput(item.name, seg.labels, image, raw))
-    value = float(np.mean(scores))
+        outputs.append(ImageOutput(item.name, seg.labels, image, raw, values))
+    metrics = ctx.objective.trial_metrics([o.metrics for o in outputs], results)
     metrics.update(t)
     metrics.update(
-        score=value,
-        n_objects_mean=float(np.mean(counts)),
-        mean_object_area=float(np.mean(areas)),
+        n_objects_mean=metrics.pop("n_objects"),
         cache_hits=ctx.cache.hits,
         cache_computed=ctx.cache.stats["computed"],
         model_loads=model_cache_info()["loads"],
     )
+    for o in outputs:  # the headline numbers per image; the full table is an artifact
+        for k in ("n_objects", "proxy", "gt.f1", "gt.ap"):
+            if k in o.metrics:
+                metrics[f"{o.name}/{k}"] = o.metrics[k]
+    value = ctx.objective.value(metrics)
+    metrics["score"] = value
     return value, metrics, outputs
 
 
@@ -107,10 +150,19 @@ def record_trial(tracker: Tracker, run_id: str, outputs: list[ImageOutput], metr
         with tempfile.TemporaryDirectory(prefix="opsef-trial-") as tmp:
             for o in outputs:
                 write_image_artifacts(Path(tmp) / _safe(o.name), o.labels, o.shown, region_table(o.labels, o.raw))
+            table = pd.DataFrame([{"image": o.name, **o.metrics} for o in outputs])
+            table.to_csv(Path(tmp) / "metrics_per_image.csv", index=False)
             tracker.log_folder(run_id, Path(tmp), "images")
     metrics = {**metrics, "time_log_s": time.perf_counter() - t0}
     tracker.log(run_id, metrics=metrics, tags={"opsef.status": "complete"})
     tracker.finish(run_id, "FINISHED")
+
+
+def _labels(pipeline: Pipeline) -> dict[str, str]:
+    from opsef_opt.preprocess import step_label
+
+    return {"pipeline": pipeline.label, "model": pipeline.model.label, "preprocess": pipeline.preprocess_label,
+            "setting": step_label(pipeline.model.label, pipeline.model_params)}
 
 
 def run_trial(trial: optuna.Trial, ctx: TrialContext) -> float:
@@ -125,6 +177,7 @@ def run_trial(trial: optuna.Trial, ctx: TrialContext) -> float:
     ctx.last = {"number": trial.number, "pipeline": pipeline.label}
     try:
         value, metrics, outputs = evaluate(ctx, pipeline)
+        ctx.store.save(trial.number, {o.name: o.labels for o in outputs}, {o.name: o.metrics for o in outputs})
     except KeyboardInterrupt:
         trial.set_user_attr("interrupted", True)
         ctx.tracker.finish(run_id, "KILLED", tags={"opsef.status": "interrupted"})
@@ -132,13 +185,13 @@ def run_trial(trial: optuna.Trial, ctx: TrialContext) -> float:
     except Exception as e:  # any failure of this pipeline: record it, let the study go on
         reason = f"{type(e).__name__}: {e}"
         trial.set_user_attr("error", reason)
-        trial.set_user_attr("summary", {"pipeline": pipeline.label, "model": pipeline.model.label})
+        trial.set_user_attr("summary", _labels(pipeline))
         ctx.last["error"] = reason
         ctx.tracker.finish(run_id, "FAILED", tags={"opsef.status": "failed", "opsef.error": reason})
         raise TrialFailed(reason) from e
     metrics["time_trial_s"] = time.perf_counter() - started
     # one storage write for everything the leaderboard shows
-    trial.set_user_attr("summary", {"pipeline": pipeline.label, "model": pipeline.model.label, **{
+    trial.set_user_attr("summary", {**_labels(pipeline), **{
         k: metrics[k] for k in ("n_objects_mean", "time_preprocess_s", "time_segment_s", "time_trial_s")}})
     ctx.recorder.submit(f"trial {trial.number}", record_trial, ctx.tracker, run_id,
                         outputs if ctx.log_artifacts else [], metrics)

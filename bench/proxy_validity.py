@@ -1,0 +1,191 @@
+"""Do the unsupervised proxies rank candidate pipelines the way ground truth does?
+
+For every ground-truth dataset in ../shared/data/gt (and StarDist's 512x512
+DSB 2018 sample), a set of varied candidate pipelines (preprocessing x
+classical threshold/watershed settings x U-Net thresholds) is run on every
+image. For each proxy, and for weighted combinations, it prints:
+
+- Spearman rho between the proxy and the GT F1 at IoU 0.5 across candidates
+  (mean over the dataset's images; sparse F1 for the sparse dataset);
+- regret = best GT F1 among candidates - GT F1 of the candidate the proxy
+  ranks first (0 = the proxy picks the best pipeline).
+
+Proxies are computed exactly as in a study (``Objective.image_metrics``):
+the consensus of a candidate is the majority of all *other* candidates.
+
+Usage: python bench/proxy_validity.py [--quick] [--perturbations shift,zoom_out]
+       [--weights consensus=0.5,stability=0.2,...] [--datasets dsb2018_256,mitocheck]
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import tifffile
+from scipy.stats import spearmanr
+
+from opsef_opt.config import score_spec
+from opsef_opt.preprocess import normalize01, run_chain
+from opsef_opt.score import ImageResult
+from opsef_opt.score.objective import Objective
+from opsef_opt.score.proxies import ConsensusAccumulator, combine
+from opsef_opt.segment import load_segmenter
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+PREPROCESS = {
+    "none": (),
+    "gaussian1": (("filter", "gaussian", {"sigma": 1.0}),),
+    "median3": (("filter", "median", {"size": 3}),),
+    "tophat15": (("background", "tophat", {"radius": 15}),),
+    "clahe": (("histogram", "clahe", {"clip_limit": 0.02}),),
+    "gauss2+clahe": (("filter", "gaussian", {"sigma": 2.0}), ("histogram", "clahe", {"clip_limit": 0.02})),
+}
+MODELS = (
+    [("classical", {}, {"threshold": th, "min_distance": md}) for th in ("otsu", "li", "triangle", "yen")
+     for md in (2, 5, 10)]
+    + [("bioimageio_unet", {"package": "unet2d_nuclei_broad"}, {"threshold": th, "min_distance": md})
+       for th in (0.3, 0.5, 0.7) for md in (3, 8)]
+)
+
+
+def datasets(names: set[str] | None) -> dict[str, tuple[list[tuple[str, np.ndarray, np.ndarray]], bool]]:
+    """name -> ([(image name, image, truth)], sparse)."""
+    from skimage.measure import label
+    from skimage.segmentation import expand_labels
+
+    out = {}
+    g = SHARED / "gt"
+    out["dsb2018_256"] = ([("dsb2018_256", tifffile.imread(g / "dsb2018_256/image.tif"),
+                            tifffile.imread(g / "dsb2018_256/labels.tif"))], False)
+    out["mitocheck"] = ([("mitocheck", tifffile.imread(g / "mitocheck/image.tif"),
+                          tifffile.imread(g / "mitocheck/labels.tif"))], False)
+    out["bbbc007_sparse"] = ([(p.stem, tifffile.imread(p), tifffile.imread(g / "bbbc007_sparse/labels" / p.name))
+                              for p in sorted((g / "bbbc007_sparse/images").glob("*.tif"))], True)
+    sem = []
+    for p in sorted((g / "bbbc007_semantic/images").glob("*.tif")):
+        mask = tifffile.imread(g / "bbbc007_semantic/masks" / p.name)
+        # interiors (class 1) are the instances; grow them back over their boundary class (2)
+        inst = expand_labels(label(mask == 1), distance=3) * (mask > 0)
+        sem.append((p.stem, tifffile.imread(p), inst.astype(np.int32)))
+    out["bbbc007_semantic"] = (sem, False)
+    from stardist.data import test_image_nuclei_2d
+
+    img, mask = test_image_nuclei_2d(return_mask=True)
+    out["stardist_dsb512"] = ([("dsb512", img, mask)], False)
+    return {k: v for k, v in out.items() if not names or k in names}
+
+
+def run_candidates(images, sparse: bool, spec, quick: bool):
+    """Per candidate: labels and image metrics (without consensus) per image."""
+    objective = Objective(spec, "proxy", sparse)
+    prep = dict(list(PREPROCESS.items())[:3]) if quick else PREPROCESS
+    models = MODELS[::2] if quick else MODELS
+    cands = []
+    for pname, steps in prep.items():
+        for family, init, params in models:
+            model = load_segmenter(family, **init)
+            label = f"{pname} | {family}({', '.join(f'{k}={v}' for k, v in params.items())})"
+            per = []
+            for name, img, truth in images:
+                image, axes = run_chain(img, "YX", steps)
+                seg = model(image, axes, **params)
+                labels = seg.labels
+
+                def segment(src, steps=steps, model=model, params=params):
+                    im, ax = run_chain(src, "YX", steps)
+                    return model(im, ax, **params).labels
+
+                res = ImageResult(labels, image, truth, raw=normalize01(img.astype(np.float32)),
+                                  confidence=seg.confidence, consensus=None, source=img, source_axes="YX", segment=segment)
+                m = objective.image_metrics(res)
+                per.append((name, labels, m))
+            cands.append((label, per))
+    return cands
+
+
+def add_consensus(cands, images, spec) -> None:
+    """Consensus of each candidate against all the others, per image (as the end-of-stage rescoring does)."""
+    from opsef_opt.score import PROXIES
+
+    opts = spec.options("consensus")
+    for i, (name, img, truth) in enumerate(images):
+        acc = ConsensusAccumulator(truth.shape)
+        for _, per in cands:
+            acc.add(per[i][1])
+        for _, per in cands:
+            lab = per[i][1]
+            got = PROXIES.get("consensus").func(ImageResult(lab, np.zeros(0), consensus=acc.labels(exclude=lab)), **opts)
+            per[i][2].update({f"proxy.{k}": v for k, v in got.items()})
+
+
+def _nanmean(values) -> float:
+    arr = np.asarray(values, float)
+    return float(np.nanmean(arr)) if np.isfinite(arr).any() else math.nan
+
+
+def table(cands, weightings: dict[str, dict[str, float]], gate: str | None, names: list[str]):
+    f1 = np.array([np.mean([m["gt.f1"] for _, _, m in per]) for _, per in cands])
+    rows = {}
+    for n in names:
+        vals = np.array([_nanmean([m.get(f"proxy.{n}", math.nan) for _, _, m in per]) for _, per in cands])
+        rows[n] = vals
+    for wname, w in weightings.items():
+        rows[wname] = np.array([np.mean([combine({n: m.get(f"proxy.{n}", math.nan) for n in names}, w, gate)
+                                         for _, _, m in per]) for _, per in cands])
+    out = {}
+    for k, v in rows.items():
+        ok = np.isfinite(v)
+        if ok.sum() < 3 or np.ptp(v[ok]) == 0:
+            out[k] = (math.nan, math.nan)
+            continue
+        rho = spearmanr(v[ok], f1[ok]).statistic
+        regret = float(f1.max() - f1[ok][np.argmax(v[ok])])
+        out[k] = (float(rho), regret)
+    return out, f1
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="3 preprocessings x 9 settings")
+    ap.add_argument("--perturbations", default=None, help="stability perturbations, comma-separated")
+    ap.add_argument("--datasets", default=None)
+    ap.add_argument("--weights", default=None, help="extra combination, e.g. consensus=0.5,contrast=0.5")
+    args = ap.parse_args()
+    node = {}
+    if args.perturbations is not None:
+        node = {"proxies": {"stability": {"perturbations": [p for p in args.perturbations.split(",") if p]}}}
+    spec = score_spec(node)
+    names = [p.name for p in spec.proxies if p.name != spec.gate]
+    weightings = {"combined (default)": spec.weights,
+                  "equal": {n: 1.0 for n in names}}
+    if args.weights:
+        weightings["custom"] = {k: float(v) for k, v in (kv.split("=") for kv in args.weights.split(","))}
+    print(f"proxies: {names}; gate: {spec.gate}; default weights: {spec.weights}")
+    print(f"stability options: {spec.options('stability')}")
+    summary: dict[str, list] = {}
+    for dname, (images, sparse) in datasets(set(args.datasets.split(",")) if args.datasets else None).items():
+        t0 = time.perf_counter()
+        cands = run_candidates(images, sparse, spec, args.quick)
+        add_consensus(cands, images, spec)
+        res, f1 = table(cands, weightings, spec.gate, names + [spec.gate] if spec.gate else names)
+        dt = time.perf_counter() - t0
+        print(f"\n## {dname}: {len(images)} image(s), {len(cands)} candidates, GT F1 "
+              f"{f1.min():.3f}..{f1.max():.3f} (best: {cands[int(np.argmax(f1))][0]}){' [sparse GT]' if sparse else ''}"
+              f"  ({dt:.0f} s)")
+        print(f"{'proxy':24s} {'spearman':>9s} {'regret':>8s}")
+        for k, (rho, regret) in res.items():
+            print(f"{k:24s} {rho:9.3f} {regret:8.3f}")
+            summary.setdefault(k, []).append((rho, regret))
+    print("\n## mean over datasets")
+    print(f"{'proxy':24s} {'spearman':>9s} {'regret':>8s}")
+    for k, vals in summary.items():
+        arr = np.array(vals, float)
+        print(f"{k:24s} {_nanmean(arr[:, 0]):9.3f} {_nanmean(arr[:, 1]):8.3f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,48 @@
+"""Confidence proxy: how sure the model itself is about the objects it reports.
+
+Why it tracks quality: models that score their detections (StarDist's object
+probability, Cellpose's cell probability) are calibrated on their training
+data, so low confidence flags images or settings outside what the model
+knows (wrong scale, wrong contrast, wrong modality). It cannot see errors the
+model is confidently wrong about, and it does not apply to models that give
+no confidence (classical thresholding): NaN then, so the combined score
+ignores it.
+"""
+from __future__ import annotations
+
+from typing import Mapping
+
+import numpy as np
+
+from opsef_opt.score.registry import ImageResult, register_proxy
+
+__all__ = ["mean_confidence", "confidence_score"]
+
+
+def mean_confidence(labels: np.ndarray, confidence: Mapping[int, float] | None) -> float:
+    """Area-weighted mean confidence of the objects present in ``labels``.
+
+    NaN when ``confidence`` is None or empty, or when no object in
+    ``labels`` has a confidence; 0 when ``labels`` has no objects. Area
+    weighting: a confident large object and an unsure speck are not worth
+    the same. Works for any dimension.
+    """
+    if not confidence:
+        return float("nan")
+    labels = np.asarray(labels)
+    counts = np.bincount(labels.ravel())
+    counts[0] = 0
+    present = np.flatnonzero(counts)
+    if present.size == 0:
+        return 0.0
+    ids = np.array([i for i in present if int(i) in confidence], dtype=np.intp)
+    if ids.size == 0:
+        return float("nan")
+    values = np.clip(np.array([float(confidence[int(i)]) for i in ids]), 0.0, 1.0)
+    return float(np.average(values, weights=counts[ids]))
+
+
+@register_proxy("confidence", weight=0.5)  # provisional: to be set from bench/proxy_validity.py
+def confidence_score(result: ImageResult) -> dict[str, float]:
+    """Area-weighted mean per-object model confidence (NaN for models that give none)."""
+    return {"confidence": mean_confidence(result.labels, result.confidence)}

@@ -1,0 +1,192 @@
+"""Shape plausibility proxy: do the objects look like cells or nuclei?
+
+Why it tracks quality: nuclei and most cells are compact, convex-ish blobs
+of similar size. The typical failures leave shape traces: merging touching
+objects creates non-convex shapes (two discs joined by a waist, or one label
+spread over several blobs), over-splitting and noise create fragments far
+below any cell's size, and a mix of merged and split objects widens the size
+distribution.
+
+Parts (each in [0, 1]; the value is the mean of the applicable ones):
+
+``shape.solidity``
+    area-weighted mean solidity (object area / pixel count of its convex
+    hull) of the objects of at least ``min_area`` pixels. Area-weighted so
+    that it measures the share of the segmented area that sits in convex
+    objects: the damaging failure, a merge, produces a few large objects that
+    carry most of the area, while tiny fragments are trivially convex (one
+    pixel has solidity 1) and would dominate a plain mean. 2D only (NaN for
+    3D labels).
+``shape.size_regularity``
+    ``1 / (1 + cv**2)`` with cv the coefficient of variation of the areas of
+    the objects of at least ``min_area`` pixels (NaN for fewer than 3). The
+    square keeps the penalty small within the natural variation of a cell
+    population (cv 0.1-0.5: G1 and G2 nuclei differ two-fold in volume;
+    0.86 at cv = 0.4) and large for the spread of merged pairs and fragments
+    mixed with whole objects (0.5 at cv = 1).
+``shape.min_area_share``
+    share of objects with at least ``min_area`` pixels. The default, 16 px
+    (4x4), is a general prior, not tuned to any image: an object smaller
+    than that cannot be a delineated cell or nucleus at any sampling at
+    which segmenting cells makes sense.
+``shape.in_range``
+    share of objects whose area is inside the study's expected
+    ``area = (min, max)`` (only when given).
+
+``shape.eccentricity`` (area-weighted, 2D) is a detail only: elongated cells
+are legitimate, so it is not penalised by default. No objects: every part is 0.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+from scipy.spatial import ConvexHull, QhullError
+
+from opsef_opt.params import Param
+from opsef_opt.score.proxies._match import relabel
+from opsef_opt.score.registry import ImageResult, register_proxy
+
+__all__ = ["object_areas", "solidity", "eccentricity", "shape_score", "MIN_AREA"]
+
+#: smallest plausible cell/nucleus area in pixels (4x4), shared with the sanity gate
+MIN_AREA = 16
+
+
+def object_areas(labels: np.ndarray) -> np.ndarray:
+    """Pixel count of each object 1..n of sequential ``labels`` (index 0 = object 1)."""
+    return np.bincount(np.asarray(labels).ravel())[1:]
+
+
+def _lattice_points_on_segment(d: np.ndarray) -> np.ndarray:
+    return np.gcd(np.abs(d[..., 0]), np.abs(d[..., 1]))
+
+
+def solidity(labels: np.ndarray, ids: np.ndarray | None = None) -> np.ndarray:
+    """Solidity of 2D objects: pixel count / number of pixels in the convex hull of its pixel centres.
+
+    The hull's pixel count is exact by Pick's theorem (hull area + boundary
+    lattice points / 2 + 1), so digitally convex objects (a rasterised disc,
+    a rectangle, a single pixel) have solidity 1. Only boundary pixels are
+    passed to Qhull, one call per object (about 30 us each).
+
+    Parameters
+    ----------
+    labels : (Y, X) sequential labels 1..n
+    ids : object ids to measure (default all)
+
+    Returns
+    -------
+    float array, one value per id.
+    """
+    labels = np.asarray(labels)
+    if labels.ndim != 2:
+        raise ValueError("solidity is implemented for 2D labels")
+    n = int(labels.max(initial=0))
+    ids = np.arange(1, n + 1) if ids is None else np.asarray(ids, dtype=np.intp)
+    out = np.ones(ids.size, float)
+    if ids.size == 0:
+        return out
+    areas = np.bincount(labels.ravel(), minlength=n + 1)
+    wanted = np.zeros(n + 1, bool)
+    wanted[ids] = True
+    wanted[0] = False
+    # boundary pixels: a 4-neighbour differs (or the image edge); hull vertices are among them
+    pad = np.pad(labels, 1, mode="constant", constant_values=-1)
+    core = pad[1:-1, 1:-1]
+    inner = ((pad[:-2, 1:-1] == core) & (pad[2:, 1:-1] == core)
+             & (pad[1:-1, :-2] == core) & (pad[1:-1, 2:] == core))
+    y, x = np.nonzero(~inner & wanted[labels])
+    lab = labels[y, x]
+    order = np.argsort(lab, kind="stable")
+    lab, pts = lab[order], np.stack([y[order], x[order]], axis=1)
+    starts = np.searchsorted(lab, ids, side="left")
+    ends = np.searchsorted(lab, ids, side="right")
+    for k, (i, s, e) in enumerate(zip(ids, starts, ends)):
+        p = pts[s:e]
+        if len(p) < 3:
+            hull = 1 if len(p) < 2 else int(_lattice_points_on_segment(p[1] - p[0])) + 1
+        else:
+            try:
+                h = ConvexHull(p)
+                v = p[h.vertices]  # counter-clockwise for 2D
+                boundary = int(_lattice_points_on_segment(np.roll(v, -1, axis=0) - v).sum())
+                hull = h.volume + boundary / 2.0 + 1.0
+            except QhullError:  # collinear pixels: the hull is a segment
+                lo, hi = p.min(axis=0), p.max(axis=0)
+                hull = int(_lattice_points_on_segment(hi - lo)) + 1
+        out[k] = min(areas[i] / hull, 1.0)
+    return out
+
+
+def eccentricity(labels: np.ndarray) -> np.ndarray:
+    """Eccentricity of each 2D object 1..n from its second moments (scikit-image's definition), vectorised."""
+    y, x = np.nonzero(labels)
+    lab = labels[y, x]
+    n = int(labels.max(initial=0)) + 1
+    count = np.maximum(np.bincount(lab, minlength=n).astype(float), 1)
+    my, mx = np.bincount(lab, y, n) / count, np.bincount(lab, x, n) / count
+    dy, dx = y - my[lab], x - mx[lab]
+    cyy, cxx, cxy = (np.bincount(lab, w, n) / count for w in (dy * dy, dx * dx, dy * dx))
+    half = (cyy + cxx) / 2
+    root = np.sqrt(np.maximum(((cyy - cxx) / 2) ** 2 + cxy**2, 0))
+    l1, l2 = half + root, np.maximum(half - root, 0)
+    ecc = np.where(l1 > 0, np.sqrt(np.clip(1 - l2 / np.where(l1 > 0, l1, 1), 0, 1)), 0.0)
+    return ecc[1:]
+
+
+def _area_range(area: str | Sequence[float] | None) -> tuple[float, float] | None:
+    if area is None:
+        return None
+    if isinstance(area, str):
+        area = [float(v) for v in area.replace("[", "").replace("]", "").split(",")]
+    lo, hi = (float(v) for v in area)
+    if not 0 <= lo <= hi:
+        raise ValueError(f"area range must be 0 <= min <= max, got {area}")
+    return lo, hi
+
+
+@register_proxy(
+    "shape", weight=0.5,  # provisional: to be set from bench/proxy_validity.py
+    params=[
+        Param("min_area", "int", MIN_AREA, low=1, high=1_000_000,
+              help="smallest plausible object area in pixels (default 4x4)"),
+        Param("area", "str", None, nullable=True,
+              help="expected object area range in pixels, 'min,max'"),
+    ],
+)
+def shape_score(result: ImageResult, min_area: int = MIN_AREA,
+                area: str | Sequence[float] | None = None) -> dict[str, float]:
+    """Shape plausibility: mean of solidity, size regularity, plausible-size share (and in-range share).
+
+    See the module docstring for the parts; ``area`` is ``(min, max)`` or
+    ``"min,max"``. 3D labels: solidity and eccentricity are NaN (not
+    computed), the size parts use voxel counts.
+    """
+    rng = _area_range(area)
+    labels, n = relabel(result.labels)
+    nan = float("nan")
+    parts = ["solidity", "size_regularity", "min_area_share"] + (["in_range"] if rng else [])
+    if n == 0:
+        return {"shape": 0.0, **{f"shape.{p}": 0.0 for p in parts}, "shape.eccentricity": nan}
+    areas = object_areas(labels)
+    big = areas >= min_area
+    vals: dict[str, float] = {"min_area_share": float(big.mean())}
+    if rng is not None:
+        vals["in_range"] = float(((areas >= rng[0]) & (areas <= rng[1])).mean())
+    if big.sum() >= 3:
+        a = areas[big].astype(float)
+        vals["size_regularity"] = float(1.0 / (1.0 + (a.std() / a.mean()) ** 2))
+    else:
+        vals["size_regularity"] = nan
+    ids = np.flatnonzero(big) + 1
+    if labels.ndim == 2 and ids.size:
+        w = areas[big]
+        vals["solidity"] = float(np.average(solidity(labels, ids), weights=w))
+        ecc = float(np.average(eccentricity(labels)[big], weights=w))
+    else:
+        vals["solidity"] = nan
+        ecc = nan
+    applicable = [v for v in vals.values() if np.isfinite(v)]
+    value = float(np.mean(applicable)) if applicable else 0.0
+    return {"shape": value, **{f"shape.{k}": v for k, v in vals.items()}, "shape.eccentricity": ecc}
