@@ -148,12 +148,32 @@ def table(cands, weightings: dict[str, dict[str, float]], gate: str | None, name
     return out, f1
 
 
+def _load(path: str, wanted: set[str] | None) -> dict:
+    """Candidates' per-image metrics from a CSV written by --save."""
+    import pandas as pd
+
+    df = pd.read_csv(path)
+    out = {}
+    for dname, d in df.groupby("dataset", sort=False):
+        if wanted and dname not in wanted:
+            continue
+        cands = []
+        for cand, c in d.groupby("candidate", sort=False):
+            per = [(r["image"], None, {k: v for k, v in r.items() if k not in ("dataset", "candidate", "image")})
+                   for _, r in c.iterrows()]
+            cands.append((cand, per))
+        out[dname] = (cands, d["image"].nunique(), dname.endswith("sparse"), 0.0)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="3 preprocessings x 9 settings")
     ap.add_argument("--perturbations", default=None, help="stability perturbations, comma-separated")
     ap.add_argument("--datasets", default=None)
     ap.add_argument("--weights", default=None, help="extra combination, e.g. consensus=0.5,contrast=0.5")
+    ap.add_argument("--save", default=None, help="write every candidate's per-image metrics to this CSV")
+    ap.add_argument("--load", default=None, help="re-rank from a CSV written by --save (no segmentation)")
     args = ap.parse_args()
     node = {}
     if args.perturbations is not None:
@@ -167,13 +187,25 @@ def main() -> None:
     print(f"proxies: {names}; gate: {spec.gate}; default weights: {spec.weights}")
     print(f"stability options: {spec.options('stability')}")
     summary: dict[str, list] = {}
-    for dname, (images, sparse) in datasets(set(args.datasets.split(",")) if args.datasets else None).items():
-        t0 = time.perf_counter()
-        cands = run_candidates(images, sparse, spec, args.quick)
-        add_consensus(cands, images, spec)
+    wanted = set(args.datasets.split(",")) if args.datasets else None
+    rows = []
+    if args.load:
+        sets = _load(args.load, wanted)
+    else:
+        sets = {}
+        for dname, (images, sparse) in datasets(wanted).items():
+            t0 = time.perf_counter()
+            cands = run_candidates(images, sparse, spec, args.quick)
+            add_consensus(cands, images, spec)
+            sets[dname] = (cands, len(images), sparse, time.perf_counter() - t0)
+            rows += [{"dataset": dname, "candidate": c, "image": n, **m} for c, per in cands for n, _, m in per]
+        if args.save:
+            import pandas as pd
+
+            pd.DataFrame(rows).to_csv(args.save, index=False)
+    for dname, (cands, n_images, sparse, dt) in sets.items():
         res, f1 = table(cands, weightings, spec.gate, names + [spec.gate] if spec.gate else names)
-        dt = time.perf_counter() - t0
-        print(f"\n## {dname}: {len(images)} image(s), {len(cands)} candidates, GT F1 "
+        print(f"\n## {dname}: {n_images} image(s), {len(cands)} candidates, GT F1 "
               f"{f1.min():.3f}..{f1.max():.3f} (best: {cands[int(np.argmax(f1))][0]}){' [sparse GT]' if sparse else ''}"
               f"  ({dt:.0f} s)")
         print(f"{'proxy':24s} {'spearman':>9s} {'regret':>8s}")

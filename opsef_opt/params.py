@@ -12,7 +12,7 @@ from typing import Any, Sequence
 
 __all__ = ["Param", "ParamError", "check_value"]
 
-KINDS = ("int", "float", "categorical", "bool", "str")
+KINDS = ("int", "float", "categorical", "bool", "str", "list")
 
 
 class ParamError(ValueError):
@@ -27,8 +27,10 @@ class Param:
     ----------
     name : str
         Keyword argument name of the function that takes it.
-    kind : {"int", "float", "categorical", "bool", "str"}
-        ``str`` is free text such as a model name or a file path.
+    kind : {"int", "float", "categorical", "bool", "str", "list"}
+        ``str`` is free text such as a model name or a file path; ``list``
+        a list of values (each one of ``choices`` when choices are given,
+        else numbers or text).
     default : Any
         Value used when the study does not mention the parameter.
     low, high : float, optional
@@ -63,6 +65,8 @@ class Param:
             rng = "true or false"
         elif self.kind == "str":
             rng = "text (a name or a path)"
+        elif self.kind == "list":
+            rng = ("a list of " + ", ".join(map(str, self.choices))) if self.choices else "a list of values"
         else:
             rng = f"{self.kind} in [{self.low}, {self.high}]"
             if self.odd:
@@ -92,6 +96,15 @@ def check_value(param: Param, value: Any, where: str) -> Any:
         if not isinstance(value, str):
             raise ParamError(f"{where}={value!r}: expected text (a name or a path)")
         return value
+    if param.kind == "list":
+        if not isinstance(value, (list, tuple)):
+            raise ParamError(f"{where}={value!r}: expected {param.describe()}")
+        for v in value:
+            if param.choices and v not in param.choices:
+                raise ParamError(f"{where}: {v!r} is not allowed; expected items from {list(param.choices)}")
+            if not param.choices and (isinstance(v, bool) or not isinstance(v, (int, float, str))):
+                raise ParamError(f"{where}: {v!r} is not allowed; expected numbers or text")
+        return list(value)
     if param.kind == "categorical":
         if value not in param.choices:
             raise ParamError(

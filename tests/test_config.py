@@ -49,12 +49,38 @@ def test_overrides_reach_settings(tmp_path):
         ("+study.imagez=1", "study.imagez: unknown key"),
         ("+study.reshape.tile.size=[0, 64]", "study.reshape.tile.size"),
         ("study.score.objective=f2", "study.score.objective='f2'"),
+        ("+study.score.proxies.consensos={weight: 1}", "study.score.proxies.consensos: unknown key"),
+        ("+study.score.proxies.consensus={weight: -1}", "study.score.proxies.consensus.weight=-1"),
+        ("+study.score.proxies.stability={perturbations: 3}", "study.score.proxies.stability.perturbations"),
+        ("+study.score.tags={values: {perfect: 1.0}}", "study.score.tags.values.perfect: unknown tag"),
+        ("+study.score.aggregate=sum", "study.score.aggregate='sum'"),
+        ("+study.stages={a: {objective: tagz}}", "study.stages.a.objective='tagz'"),
+        ("+study.stages={a: {}};stage=b", "stage='b': the study has the stages a"),
+        ("~study.search.models.classical.params.min_distance;+study.search.models.classical.params.min_distance={low: 2, high: 9};study.search.sampler=tpe;+study.stages={coarse: {sampler: grid}}", "study.stages.coarse.sampler=grid"),
+        ("+tags_csv=nope.csv", "tags_csv="),
     ],
 )
 def test_bad_values_are_named(tmp_path, override, expected):
     with pytest.raises(ConfigError) as err:
         validate(_compose(*override.split(";")), base=tmp_path)
     assert expected in str(err.value)
+
+
+def test_score_and_stages_defaults(tmp_path):
+    s = validate(_compose(), base=tmp_path)
+    assert [st.name for st in s.study.stages] == ["search"]
+    assert s.study.stages[0].sampler == "grid" and s.study.stages[0].n_trials == s.n_trials
+    score = s.study.score
+    assert score.objective == "auto" and score.gate == "sanity" and score.aggregate == "per_image"
+    assert {"consensus", "stability", "shape", "contrast", "confidence", "sanity"} <= set(score.weights)
+    assert score.tag_values == {"correct": 1.0, "over": 0.4, "under": 0.4, "failed": 0.0}
+    s = validate(_compose("+study.stages={coarse: {n_trials: 4}, taste: {objective: tags, sampler: tpe}}",
+                          "stage=taste", "+study.score.tags={values: {over: 0.5}}",
+                          "+study.score.proxies.consensus={weight: 2}"), base=tmp_path)
+    assert [(st.name, st.objective, st.sampler, st.n_trials) for st in s.stages_to_run()] == [
+        ("taste", "tags", "tpe", s.n_trials)]
+    assert s.study.stages[0].n_trials == 4
+    assert s.study.score.tag_values["over"] == 0.5 and s.study.score.weights["consensus"] == 2.0
 
 
 def test_missing_folder_error_names_data_source(tmp_path):

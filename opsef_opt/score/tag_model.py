@@ -115,7 +115,8 @@ def _pipeline(seed: int) -> Pipeline:
     return make_pipeline(
         SimpleImputer(strategy="median", keep_empty_features=True),
         StandardScaler(),
-        # lbfgs fits the multinomial (softmax) model for 3+ classes; the penalty is L2 (l1_ratio=0)
+        # lbfgs fits the multinomial (softmax) model for 3+ classes (for 2 it is the equivalent
+        # binomial one); l1_ratio=0 is the L2 penalty (scikit-learn >= 1.8 deprecates `penalty`)
         LogisticRegression(C=C, l1_ratio=0.0, class_weight="balanced", max_iter=2000, random_state=seed),
     )
 
@@ -160,6 +161,8 @@ class TagModel:
 
     def predict_proba(self, X: pd.DataFrame) -> np.ndarray:
         """Probability of each tag in :attr:`classes` order, one row per run (row of ``X``)."""
+        if self.pipeline is None:
+            raise RuntimeError("this TagModel was not fitted: use fit_tag_model()")
         if len(X) == 0:
             return np.zeros((0, len(self.classes)))
         proba = self.pipeline.predict_proba(self._matrix(X))

@@ -294,9 +294,10 @@ def _draw_lines(draw: ImageDraw.ImageDraw, lines: Sequence[str], font, box: tupl
     y0, x0, y1, x1 = box
     total = len(lines) * line_px
     y = {"top": y0, "middle": y0 + (y1 - y0 - total) // 2, "bottom": y1 - total}[valign]
+    dy = (line_px - getattr(font, "size", line_px)) // 2  # centre the glyphs on their line
     for line in lines:
         x = x0 if align == "left" else x0 + ((x1 - x0) - _width(line, font)) / 2
-        draw.text((x, y + (line_px - font.size) // 2 if hasattr(font, "size") else y), line, font=font, fill=fill)
+        draw.text((x, y + dy), line, font=font, fill=fill)
         y += line_px
 
 

@@ -197,7 +197,7 @@ def consensus_labels(candidates: Sequence[np.ndarray], quorum: float = 0.5,
 
 
 @register_proxy(
-    "consensus", weight=1.0,  # provisional: to be set from bench/proxy_validity.py
+    "consensus", weight=1.0,  # provisional: see "Default weights" in __init__
     params=[Param("iou", "float", 0.5, low=0.5, high=0.95, help="IoU threshold for matching objects")],
 )
 def consensus_score(result: ImageResult, iou: float = 0.5) -> dict[str, float]:

@@ -147,12 +147,12 @@ def _area_range(area: str | Sequence[float] | None) -> tuple[float, float] | Non
 
 
 @register_proxy(
-    "shape", weight=0.5,  # provisional: to be set from bench/proxy_validity.py
+    "shape", weight=1.0,  # provisional: see "Default weights" in __init__
     params=[
         Param("min_area", "int", MIN_AREA, low=1, high=1_000_000,
               help="smallest plausible object area in pixels (default 4x4)"),
-        Param("area", "str", None, nullable=True,
-              help="expected object area range in pixels, 'min,max'"),
+        Param("area", "list", None, nullable=True,
+              help="expected object area range in pixels, [min, max]"),
     ],
 )
 def shape_score(result: ImageResult, min_area: int = MIN_AREA,

@@ -63,7 +63,7 @@ def _check_name(name: str) -> None:
 
 
 def perturb(source: np.ndarray, axes: str, name: str, seed: int = 0, *,
-            noise: float = 0.05, shift: int = 3, zoom: float = 0.1) -> np.ndarray:
+            noise: float = 0.05, shift: int = 3, zoom: float = 0.1, order: int = 1) -> np.ndarray:
     """A perturbed copy of ``source`` (only its Y and X axes change).
 
     Parameters
@@ -78,11 +78,15 @@ def perturb(source: np.ndarray, axes: str, name: str, seed: int = 0, *,
         Translation in pixels along Y and X (content moves down and right).
     zoom : float
         Relative scale change of ``zoom_in`` / ``zoom_out``.
+    order : {1, 0}
+        Interpolation of the zooms: linear for images, 0 (nearest) to move a
+        label image the same way (then the dtype is kept).
 
     Returns
     -------
-    float32 array; the same shape except for zooms, whose Y and X sizes are
-    scaled. Pipelines normalise their input, so the dtype change is harmless.
+    float32 array (``order=1``); the same shape except for zooms, whose Y
+    and X sizes are scaled. Pipelines normalise their input, so the dtype
+    change is harmless.
     """
     _check_name(name)
     src = np.asarray(source)
@@ -104,11 +108,13 @@ def perturb(source: np.ndarray, axes: str, name: str, seed: int = 0, *,
         sl = [slice(None)] * src.ndim
         sl[ay] = slice(0, src.shape[ay])
         sl[ax] = slice(0, src.shape[ax])
-        return out[tuple(sl)].astype(np.float32)
+        return out[tuple(sl)] if order == 0 else out[tuple(sl)].astype(np.float32)
     f = _zoom_factor(name, zoom)
     factors = [1.0] * src.ndim
     for a in (ay, ax):
         factors[a] = max(round(src.shape[a] * f), 1) / src.shape[a]
+    if order == 0:
+        return ndi.zoom(src, factors, order=0, mode="nearest", grid_mode=True)
     return ndi.zoom(src.astype(np.float32), factors, order=1, mode="reflect", grid_mode=True)
 
 
@@ -168,10 +174,10 @@ def _names(perturbations: str | Sequence[str]) -> list[str]:
 
 
 @register_proxy(
-    "stability", weight=1.0,  # provisional: to be set from bench/proxy_validity.py
+    "stability", weight=0.5,  # provisional: see "Default weights" in __init__
     params=[
-        Param("perturbations", "str", DEFAULT_PERTURBATIONS,
-              help="comma-separated perturbations: noise, shift, zoom_in, zoom_out "
+        Param("perturbations", "list", list(_names(DEFAULT_PERTURBATIONS)), choices=PERTURBATIONS,
+              help="perturbations to apply, from noise, shift, zoom_in, zoom_out "
                    "(each one is one more model run per image)"),
         Param("noise", "float", 0.05, low=0.0, high=1.0, help="noise sigma / 1-99 percentile range"),
         Param("shift", "int", 3, low=1, high=64, help="shift in pixels along Y and X"),
