@@ -1,6 +1,6 @@
 """Do the unsupervised proxies rank candidate pipelines the way ground truth does?
 
-For every ground-truth dataset in ../shared/data/gt (and StarDist's 512x512
+For every instance ground-truth dataset in ../shared/data/gt (and StarDist's 512x512
 DSB 2018 sample), a set of varied candidate pipelines (preprocessing x
 classical threshold/watershed settings x U-Net thresholds) is run on every
 image. For each proxy, and for weighted combinations, it prints:
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import tempfile
 import time
 from pathlib import Path
 
@@ -32,6 +33,7 @@ from opsef_opt.preprocess import normalize01, run_chain
 from opsef_opt.score import ImageResult
 from opsef_opt.score.objective import Objective
 from opsef_opt.score.proxies import ConsensusAccumulator, combine
+from opsef_opt.search.pool import ConsensusPool, LabelStore
 from opsef_opt.segment import load_segmenter
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -54,9 +56,6 @@ MODELS = (
 
 def datasets(names: set[str] | None) -> dict[str, tuple[list[tuple[str, np.ndarray, np.ndarray]], bool]]:
     """name -> ([(image name, image, truth)], sparse)."""
-    from skimage.measure import label
-    from skimage.segmentation import expand_labels
-
     out = {}
     g = SHARED / "gt"
     out["dsb2018_256"] = ([("dsb2018_256", tifffile.imread(g / "dsb2018_256/image.tif"),
@@ -65,13 +64,8 @@ def datasets(names: set[str] | None) -> dict[str, tuple[list[tuple[str, np.ndarr
                           tifffile.imread(g / "mitocheck/labels.tif"))], False)
     out["bbbc007_sparse"] = ([(p.stem, tifffile.imread(p), tifffile.imread(g / "bbbc007_sparse/labels" / p.name))
                               for p in sorted((g / "bbbc007_sparse/images").glob("*.tif"))], True)
-    sem = []
-    for p in sorted((g / "bbbc007_semantic/images").glob("*.tif")):
-        mask = tifffile.imread(g / "bbbc007_semantic/masks" / p.name)
-        # interiors (class 1) are the instances; grow them back over their boundary class (2)
-        inst = expand_labels(label(mask == 1), distance=3) * (mask > 0)
-        sem.append((p.stem, tifffile.imread(p), inst.astype(np.int32)))
-    out["bbbc007_semantic"] = (sem, False)
+    # gt/bbbc007_semantic is not used: its masks are sparse training scribbles
+    # (~2% of pixels, class 1 on background, class 2 on nuclei), not instances.
     from stardist.data import test_image_nuclei_2d
 
     img, mask = test_image_nuclei_2d(return_mask=True)
@@ -108,18 +102,34 @@ def run_candidates(images, sparse: bool, spec, quick: bool):
 
 
 def add_consensus(cands, images, spec) -> None:
-    """Consensus of each candidate against all the others, per image (as the end-of-stage rescoring does)."""
+    """Consensus of each candidate against the others, as a finished stage computes it.
+
+    Uses the study's own :class:`ConsensusPool` (majority of the plausible
+    half); ``consensus_all`` is the plain majority of all other candidates,
+    for comparison.
+    """
     from opsef_opt.score import PROXIES
 
+    consensus = PROXIES.get("consensus").func
     opts = spec.options("consensus")
+    with tempfile.TemporaryDirectory() as tmp:
+        store = LabelStore(Path(tmp))
+        for k, (_, per) in enumerate(cands):
+            store.save(k, {n: lab for n, lab, _ in per}, {n: m for n, _, m in per})
+        pool = ConsensusPool(store, spec)
+        pool.refresh()
+        for k, (_, per) in enumerate(cands):
+            for name, lab, m in per:
+                got = consensus(ImageResult(lab, np.zeros(0), consensus=pool.consensus(name, k)), **opts)
+                m.update({f"proxy.{key}": v for key, v in got.items()})
     for i, (name, img, truth) in enumerate(images):
         acc = ConsensusAccumulator(truth.shape)
         for _, per in cands:
             acc.add(per[i][1])
         for _, per in cands:
             lab = per[i][1]
-            got = PROXIES.get("consensus").func(ImageResult(lab, np.zeros(0), consensus=acc.labels(exclude=lab)), **opts)
-            per[i][2].update({f"proxy.{k}": v for k, v in got.items()})
+            got = consensus(ImageResult(lab, np.zeros(0), consensus=acc.labels(exclude=lab)), **opts)
+            per[i][2]["proxy.consensus_all"] = got["consensus"]
 
 
 def _nanmean(values) -> float:
@@ -179,9 +189,11 @@ def main() -> None:
     if args.perturbations is not None:
         node = {"proxies": {"stability": {"perturbations": [p for p in args.perturbations.split(",") if p]}}}
     spec = score_spec(node)
-    names = [p.name for p in spec.proxies if p.name != spec.gate]
+    names = [p.name for p in spec.proxies if p.name != spec.gate] + ["consensus_all"]
     weightings = {"combined (default)": spec.weights,
-                  "equal": {n: 1.0 for n in names}}
+                  "equal": {n: 1.0 for n in names if n != "consensus_all"},
+                  "default, all-vote consensus": {("consensus_all" if k == "consensus" else k): v
+                                                  for k, v in spec.weights.items()}}
     if args.weights:
         weightings["custom"] = {k: float(v) for k, v in (kv.split("=") for kv in args.weights.split(","))}
     print(f"proxies: {names}; gate: {spec.gate}; default weights: {spec.weights}")

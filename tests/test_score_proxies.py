@@ -205,7 +205,7 @@ def test_stability_detects_empty_and_salt_but_not_a_consistent_merge(name):
     values = {}
     for kind, seg in segments.items():
         r = ImageResult(seg(img), c["raw"], source=img, source_axes="YX", segment=seg)
-        values[kind] = stability_score(r)
+        values[kind] = stability_score(r, perturbations=["noise", "zoom_out"])
     assert values["good"]["stability"] > 0.75
     assert values["empty"]["stability"] == 0.0
     assert values["salt"]["stability"] < 0.2
@@ -457,3 +457,15 @@ def test_registry_declares_every_proxy_with_valid_defaults():
         assert proxy.doc
     assert shape_score(ImageResult(case("mitocheck")["truth"], case("mitocheck")["raw"]),
                        area="300,1200")["shape.in_range"] == 1.0
+
+
+@pytest.mark.parametrize("name", IMAGES)
+def test_separation_ranks_broken_cases_below_good_and_ignores_inversion(name):
+    from opsef_opt.score.proxies import separation_score
+
+    c = case(name)
+    good = separation_score(result(name, c["truth"]))["separation"]
+    for kind in BROKEN:
+        assert separation_score(result(name, broken(kind, c["truth"])))["separation"] < good, kind
+    dark = separation_score(ImageResult(c["truth"], 1 - c["raw"], raw=1 - c["raw"]))["separation"]
+    assert dark == pytest.approx(good, abs=1e-4)

@@ -114,8 +114,7 @@ def test_tag_mode_reads_answers_from_stdin(study_dir):
 def test_tags_import_from_csv_applies_valid_rows_and_names_bad_ones(study_dir):
     _, children = _runs(study_dir)
     csv = study_dir / "tags.csv"
-    csv.write_text("trial,tag,note\n0,correct,looks right\n1,Over-segmented,\n2,maybe,\n99,failed,\n"
-                   f"\n")
+    csv.write_text("trial,tag,note\n0,correct,looks right\n1,Over-segmented,\n2,maybe,\n99,failed,\n\n")
     with_id = study_dir / "ids.csv"
     with_id.write_text(f"run_id,quality\n{children[3].info.run_id},failed\n")
     r = run_cli(*TAGGED, "mode=tag", f"tags_csv={csv}", cwd=study_dir)

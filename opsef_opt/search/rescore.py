@@ -25,7 +25,7 @@ def final_scores(store: LabelStore, spec: ScoreSpec, objective: str, trials: lis
     """``{trial: {"proxy.consensus.final", "proxy.final", "score.final"?}}`` for the stored trials."""
     if "consensus" not in PROXIES or not trials:
         return {}
-    pool = ConsensusPool(store)
+    pool = ConsensusPool(store, spec)
     pool.refresh()
     options = spec.options("consensus")
     stored = set(store.trials())
@@ -37,7 +37,7 @@ def final_scores(store: LabelStore, spec: ScoreSpec, objective: str, trials: lis
         consensus, combined = [], []
         for name, lab in labels.items():
             m = dict(metrics.get(name, {}))
-            agreed = pool.consensus(name, exclude=lab)
+            agreed = pool.consensus(name, trial=number)
             got = PROXIES.get("consensus").func(ImageResult(lab, np.zeros(0, np.float32), consensus=agreed), **options)
             m.update({f"proxy.{k}": v for k, v in got.items()})
             values = {p.name: m.get(f"proxy.{p.name}", math.nan) for p in spec.proxies}

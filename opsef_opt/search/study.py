@@ -273,7 +273,7 @@ def run_stage(settings: Settings, stage: StageSpec, items: list[Item], space: Se
     ctx = TrialContext(
         study.study_name, space, items, objective,
         PreprocessCache(settings.study_dir / "cache" / "preprocess"), tracker, parent, recorder,
-        store, ConsensusPool(store), settings.log_artifacts, stop.check,
+        store, ConsensusPool(store, settings.study.score), settings.log_artifacts, stop.check,
     )
     _record_unrecorded(study, ctx)
     previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
@@ -380,7 +380,7 @@ def _record_unrecorded(study: optuna.Study, ctx: TrialContext) -> None:
         run_id = t.user_attrs.get("mlflow_run_id")
         if run_id in open_runs:
             log.info("recording trial %d again (its process was killed while recording it)", t.number)
-            value, metrics, outputs = evaluate(ctx, pipeline_from_params(ctx.space, t.params))
+            value, metrics, outputs = evaluate(ctx, pipeline_from_params(ctx.space, t.params), t.number)
             ctx.store.save(t.number, {o.name: o.labels for o in outputs}, {o.name: o.metrics for o in outputs})
             record_trial(ctx.tracker, run_id, outputs if ctx.log_artifacts else [], metrics)
 

@@ -93,8 +93,13 @@ def _resegment(model, steps, axes: str, params: dict) -> Callable[[np.ndarray], 
     return segment
 
 
-def evaluate(ctx: TrialContext, pipeline: Pipeline) -> tuple[float, dict[str, float], list[ImageOutput]]:
-    """Run the pipeline on every item; return the trial score, its metrics and the outputs."""
+def evaluate(ctx: TrialContext, pipeline: Pipeline,
+             number: int | None = None) -> tuple[float, dict[str, float], list[ImageOutput]]:
+    """Run the pipeline on every item; return the trial score, its metrics and the outputs.
+
+    ``number``: the trial's number when it is evaluated again (its stored
+    labels then do not vote in its own consensus).
+    """
     model = load_segmenter(pipeline.model.family, **pipeline.model.init)
     t = dict(time_preprocess_s=0.0, time_segment_s=0.0, time_score_s=0.0)
     outputs: list[ImageOutput] = []
@@ -113,7 +118,7 @@ def evaluate(ctx: TrialContext, pipeline: Pipeline) -> tuple[float, dict[str, fl
             ctx.references[item.name] = reference_intensities(item, seg.labels.shape, image)
         result = ImageResult(
             seg.labels, image, item.truth, raw=ctx.references[item.name], confidence=seg.confidence,
-            consensus=ctx.pool.consensus(item.name) if ctx.pool is not None else None,
+            consensus=ctx.pool.consensus(item.name, number) if ctx.pool is not None else None,
             source=item.data, source_axes=item.axes,
             segment=_resegment(model, pipeline.steps, item.axes, pipeline.model_params),
         )

@@ -109,6 +109,12 @@ def _summary(runs: list[TrialRun], settings: Settings, out: TextIO, tagged_now: 
             print(f"  trial {r.stage}#{r.trial}  predicted {tags[i]} ({predicted[i]:.2f})  {r.pipeline}", file=out)
 
 
+def _split(pipeline: str) -> tuple[str, str]:
+    """(preprocessing, model setting) from a pipeline label ``pre | model``."""
+    pre, _, model = pipeline.rpartition(" | ")
+    return (pre or "none"), model
+
+
 def _sheet(settings: Settings, batch: list[TrialRun]):
     """Contact sheet of the runs to tag, on the first image's crop; None if labels are not stored."""
     from opsef_opt.io.dataset import load_items
@@ -135,7 +141,7 @@ def _sheet(settings: Settings, batch: list[TrialRun]):
     if ref.ndim != 2:
         return None
     window = choose_crop(ref, [lab for _, lab in cells_labels])
-    cells = [Cell(run.stage, run.pipeline, ref[window], lab[window],
+    cells = [Cell(*_split(run.pipeline), ref[window], lab[window],
                   f"{run.stage}#{run.trial}  {_score(run):.3f}") for run, lab in cells_labels]
     path = settings.study_dir / "contact_sheets" / "to_tag.png"
     return save_png(render_list(cells, title=f"{settings.study.name}: untagged runs, image {item.name}"), path)

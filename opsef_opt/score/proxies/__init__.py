@@ -46,6 +46,7 @@ from opsef_opt.score.proxies.consensus import ConsensusAccumulator, consensus_la
 from opsef_opt.score.proxies.contrast import (contrast_score, edge_alignment, object_contrast, reference_image,
                                               separation)
 from opsef_opt.score.proxies.sanity import sanity_gate, sanity_score, sanity_stats
+from opsef_opt.score.proxies.separation import separation_score
 from opsef_opt.score.proxies.shape import MIN_AREA, eccentricity, object_areas, shape_score, solidity
 from opsef_opt.score.proxies.stability import (PERTURBATIONS, perturb, stability_score, unperturb_labels,
                                                valid_region)
@@ -54,6 +55,6 @@ __all__ = [
     "ConsensusAccumulator", "MIN_AREA", "Match", "PERTURBATIONS", "combine", "confidence_score",
     "consensus_labels", "consensus_score", "contrast_score", "default_weights", "eccentricity",
     "edge_alignment", "match_instances", "mean_confidence", "object_areas", "object_contrast",
-    "perturb", "reference_image", "sanity_gate", "sanity_score", "sanity_stats", "separation", "shape_score",
+    "perturb", "reference_image", "sanity_gate", "sanity_score", "sanity_stats", "separation_score", "separation", "shape_score",
     "solidity", "stability_score", "unperturb_labels", "valid_region",
 ]

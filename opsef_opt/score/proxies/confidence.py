@@ -42,7 +42,7 @@ def mean_confidence(labels: np.ndarray, confidence: Mapping[int, float] | None) 
     return float(np.average(values, weights=counts[ids]))
 
 
-@register_proxy("confidence", weight=0.5)  # provisional: see "Default weights" in __init__
+@register_proxy("confidence", weight=0.0)  # logged, not weighted: see "Default weights" in __init__
 def confidence_score(result: ImageResult) -> dict[str, float]:
     """Area-weighted mean per-object model confidence (NaN for models that give none)."""
     return {"confidence": mean_confidence(result.labels, result.confidence)}

@@ -113,6 +113,16 @@ class ConsensusAccumulator:
             votes += _same_object(labels, ax)
         self._n += 1
 
+    def remove(self, labels: np.ndarray) -> None:
+        """Withdraw the votes of a candidate that was added before."""
+        labels = self._check(labels)
+        if self._n == 0:
+            raise ValueError("nothing to remove: no candidate was added")
+        self._fg -= labels != 0
+        for ax, votes in enumerate(self._same):
+            votes -= _same_object(labels, ax)
+        self._n -= 1
+
     def labels(self, exclude: np.ndarray | None = None, quorum: float = 0.5,
                min_size: int = MIN_SIZE) -> np.ndarray:
         """Majority consensus instances of the added candidates.
@@ -197,7 +207,7 @@ def consensus_labels(candidates: Sequence[np.ndarray], quorum: float = 0.5,
 
 
 @register_proxy(
-    "consensus", weight=1.0,  # provisional: see "Default weights" in __init__
+    "consensus", weight=0.5,  # see "Default weights" in __init__
     params=[Param("iou", "float", 0.5, low=0.5, high=0.95, help="IoU threshold for matching objects")],
 )
 def consensus_score(result: ImageResult, iou: float = 0.5) -> dict[str, float]:

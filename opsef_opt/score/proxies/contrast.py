@@ -119,7 +119,7 @@ def separation(labels: np.ndarray, image: np.ndarray) -> float:
 
 
 @register_proxy(
-    "contrast", weight=0.5,  # provisional: see "Default weights" in __init__
+    "contrast", weight=0.0,  # logged, not weighted: see "Default weights" in __init__
     params=[Param("ring", "int", 2, low=1, high=20, help="width in pixels of the band just outside each object")],
 )
 def contrast_score(result: ImageResult, ring: int = 2) -> dict[str, float]:
