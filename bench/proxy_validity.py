@@ -176,6 +176,50 @@ def _load(path: str, wanted: set[str] | None) -> dict:
     return out
 
 
+def simulated_tag(f1: float, n_pred: float, n_true: float) -> str:
+    """What an analyst would say, read off the ground truth (for the tag-model check only)."""
+    if f1 < 0.3:
+        return "failed"
+    if f1 >= 0.75:
+        return "correct"
+    return "over" if n_pred > n_true else "under"
+
+
+def tag_model_check(cands, n_tagged: int, draws: int = 20) -> tuple[float, float, float, float]:
+    """Tag ``n_tagged`` random candidates from GT, fit the tag model, rank the rest.
+
+    Returns mean (CV accuracy, majority baseline, Spearman of predicted value
+    vs GT F1 on the untagged candidates, regret of its top pick among them).
+    """
+    import pandas as pd
+
+    from opsef_opt.score.tag_model import NotEnoughTags, fit_tag_model, tag_features
+
+    feats, tags, f1s = [], [], []
+    for _, per in cands:
+        ms = [m for _, _, m in per]
+        mean = {k: _nanmean([m.get(k, math.nan) for m in ms]) for k in ms[0] if k.startswith("proxy")}
+        mean["n_objects_mean"] = _nanmean([m["gt.n_pred"] for m in ms])
+        feats.append(tag_features(mean))
+        f1 = _nanmean([m["gt.f1"] for m in ms])
+        f1s.append(f1)
+        tags.append(simulated_tag(f1, sum(m["gt.n_pred"] for m in ms), sum(m["gt.n_true"] for m in ms)))
+    X, f1s = pd.DataFrame(feats), np.array(f1s)
+    rng = np.random.default_rng(0)
+    out = []
+    for _ in range(draws):
+        idx = rng.permutation(len(cands))
+        tagged, rest = idx[:n_tagged], idx[n_tagged:]
+        try:
+            model = fit_tag_model(X.iloc[tagged], [tags[i] for i in tagged], min_tagged=min(10, n_tagged))
+        except NotEnoughTags:
+            continue
+        pred = model.predict_value(X.iloc[rest])
+        out.append((model.cv_accuracy, model.baseline_accuracy, spearmanr(pred, f1s[rest]).statistic,
+                    f1s[rest].max() - f1s[rest][int(np.argmax(pred))]))
+    return tuple(np.nanmean(np.array(out, float), axis=0)) if out else (math.nan,) * 4
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="3 preprocessings x 9 settings")
@@ -184,6 +228,7 @@ def main() -> None:
     ap.add_argument("--weights", default=None, help="extra combination, e.g. consensus=0.5,contrast=0.5")
     ap.add_argument("--save", default=None, help="write every candidate's per-image metrics to this CSV")
     ap.add_argument("--load", default=None, help="re-rank from a CSV written by --save (no segmentation)")
+    ap.add_argument("--tags", type=int, default=15, help="tagged runs for the tag-model check (0: skip)")
     args = ap.parse_args()
     node = {}
     if args.perturbations is not None:
@@ -224,6 +269,11 @@ def main() -> None:
         for k, (rho, regret) in res.items():
             print(f"{k:24s} {rho:9.3f} {regret:8.3f}")
             summary.setdefault(k, []).append((rho, regret))
+        if args.tags:
+            cv, base, rho, regret = tag_model_check(cands, args.tags)
+            print(f"tag model from {args.tags} simulated tags (20 draws): CV accuracy {cv:.2f} "
+                  f"(majority {base:.2f}); on the untagged: spearman {rho:.3f}, regret {regret:.3f}")
+            summary.setdefault(f"tag model ({args.tags} tags)", []).append((rho, regret))
     print("\n## mean over datasets")
     print(f"{'proxy':24s} {'spearman':>9s} {'regret':>8s}")
     for k, vals in summary.items():

@@ -4,9 +4,13 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import numpy as np
 import optuna
 import pytest
 from mlflow import MlflowClient
+from PIL import Image as PILImage
+
+from opsef_opt.track.contact_sheet import grid_shape
 
 from conftest import TEST_CONF, run_cli
 
@@ -52,7 +56,8 @@ def test_first_stage_writes_proxies_final_scores_and_contact_sheet(searched):
                     "proxy.sanity", "proxy.final", "proxy.consensus.final", "score.final"):
             assert key in m, key
     sheet = searched / "studies" / "tagged" / "contact_sheets" / "search.png"
-    assert sheet.is_file() and sheet.stat().st_size > 10_000
+    # 2 preprocessings (rows) x 3 watershed settings (columns)
+    assert np.asarray(PILImage.open(sheet)).shape == (*grid_shape(2, 3), 3)
     parent = [r for r in client.search_runs([children[0].info.experiment_id], max_results=100)
               if "optuna.trial" not in r.data.tags][0]
     assert [a.path for a in client.list_artifacts(parent.info.run_id, "contact_sheet")] == ["contact_sheet/search.png"]

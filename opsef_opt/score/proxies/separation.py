@@ -22,7 +22,7 @@ from opsef_opt.score.registry import ImageResult, register_proxy
 __all__ = ["separation_score"]
 
 
-@register_proxy("separation", weight=1.0)  # weights: see "Default weights" in __init__
+@register_proxy("separation", weight=0.5)  # weights: see "Default weights" in __init__
 def separation_score(result: ImageResult) -> dict[str, float]:
     """Share of the raw intensity variance explained by the object mask (Otsu's criterion)."""
     if result.labels.max() == 0:

@@ -147,7 +147,7 @@ def _area_range(area: str | Sequence[float] | None) -> tuple[float, float] | Non
 
 
 @register_proxy(
-    "shape", weight=1.0,  # see "Default weights" in __init__
+    "shape", weight=2.0,  # see "Default weights" in __init__
     params=[
         Param("min_area", "int", MIN_AREA, low=1, high=1_000_000,
               help="smallest plausible object area in pixels (default 4x4)"),
