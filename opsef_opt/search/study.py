@@ -386,7 +386,8 @@ def _record_unrecorded(study: optuna.Study, ctx: TrialContext) -> None:
 
 
 def _best_value(study: optuna.Study) -> float | None:
-    values = [t.value for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
+    values = [t.value for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+              if t.user_attrs.get("value_source") != "tag"]
     return max(values) if values else None
 
 

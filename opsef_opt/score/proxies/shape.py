@@ -43,6 +43,7 @@ from typing import Sequence
 import numpy as np
 from scipy.spatial import ConvexHull, QhullError
 
+from opsef_opt.measure import eccentricity
 from opsef_opt.params import Param
 from opsef_opt.score.proxies._match import relabel
 from opsef_opt.score.registry import ImageResult, register_proxy
@@ -117,22 +118,6 @@ def solidity(labels: np.ndarray, ids: np.ndarray | None = None) -> np.ndarray:
                 hull = int(_lattice_points_on_segment(hi - lo)) + 1
         out[k] = min(areas[i] / hull, 1.0)
     return out
-
-
-def eccentricity(labels: np.ndarray) -> np.ndarray:
-    """Eccentricity of each 2D object 1..n from its second moments (scikit-image's definition), vectorised."""
-    y, x = np.nonzero(labels)
-    lab = labels[y, x]
-    n = int(labels.max(initial=0)) + 1
-    count = np.maximum(np.bincount(lab, minlength=n).astype(float), 1)
-    my, mx = np.bincount(lab, y, n) / count, np.bincount(lab, x, n) / count
-    dy, dx = y - my[lab], x - mx[lab]
-    cyy, cxx, cxy = (np.bincount(lab, w, n) / count for w in (dy * dy, dx * dx, dy * dx))
-    half = (cyy + cxx) / 2
-    root = np.sqrt(np.maximum(((cyy - cxx) / 2) ** 2 + cxy**2, 0))
-    l1, l2 = half + root, np.maximum(half - root, 0)
-    ecc = np.where(l1 > 0, np.sqrt(np.clip(1 - l2 / np.where(l1 > 0, l1, 1), 0, 1)), 0.0)
-    return ecc[1:]
 
 
 def _area_range(area: str | Sequence[float] | None) -> tuple[float, float] | None:
