@@ -32,6 +32,7 @@ MODES = ("search", "models", "tag")
 TAGS = ("correct", "over", "under", "failed")
 DEFAULT_TAG_VALUES = {"correct": 1.0, "over": 0.4, "under": 0.4, "failed": 0.0}
 SAMPLERS = ("auto", "grid", "tpe", "random")
+PRUNERS = ("none", "median", "halving")
 FORMATS = ("auto", "tiff", "lif")
 
 
@@ -158,6 +159,8 @@ class StageSpec:
     objective: str
     sampler: str
     n_trials: int
+    #: none | median | halving: stop a trial after its first images when it is clearly worse
+    pruner: str = "none"
 
 
 @dataclass(frozen=True)
@@ -563,14 +566,15 @@ def _stages(where: str, node: Any, default: StageSpec, search: SearchSpec) -> tu
         sub = sub or {}
         if not isinstance(name, str) or not name.isidentifier():
             raise ConfigError(f"{where}.{name}: stage names must be simple identifiers (letters, digits, _)")
-        _keys(f"{where}.{name}", sub, {"objective": None, "sampler": None, "n_trials": None})
+        _keys(f"{where}.{name}", sub, {"objective": None, "sampler": None, "n_trials": None, "pruner": None})
         objective = _objective(f"{where}.{name}.objective", sub.get("objective") or default.objective)
         sampler = _choice(f"{where}.{name}.sampler", sub.get("sampler") or default.sampler, SAMPLERS[1:])
         if sampler == "grid" and _has_ranges(search):
             raise ConfigError(f"{where}.{name}.sampler=grid: the search space has {{low, high}} ranges; "
                               f"use lists of values for a grid, or sampler=tpe")
         n_trials = _int(f"{where}.{name}.n_trials", sub.get("n_trials") or default.n_trials, 1)
-        out.append(StageSpec(name, objective, sampler, n_trials))
+        pruner = _choice(f"{where}.{name}.pruner", sub.get("pruner") or default.pruner, PRUNERS)
+        out.append(StageSpec(name, objective, sampler, n_trials, pruner))
     return tuple(out)
 
 

@@ -91,6 +91,14 @@ class Objective:
             out.update({f"gt.pooled.{k}": v for k, v in pooled.items()})
         return out
 
+    def partial(self, per_image: Sequence[Mapping[str, float]]) -> float | None:
+        """The objective over the images scored so far (for pruning); None when it has no such value."""
+        if self.uses_tags:
+            return None
+        key = f"gt.{self.name[3:]}" if self.needs_truth else self.name
+        vals = np.array([m.get(key, math.nan) for m in per_image], float)
+        return float(np.nanmean(vals)) if np.isfinite(vals).any() else None
+
     def value(self, metrics: Mapping[str, float]) -> float:
         """The number the search maximises, from the trial's metrics."""
         if self.needs_truth:

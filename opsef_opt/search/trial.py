@@ -93,12 +93,14 @@ def _resegment(model, steps, axes: str, params: dict) -> Callable[[np.ndarray], 
     return segment
 
 
-def evaluate(ctx: TrialContext, pipeline: Pipeline,
-             number: int | None = None) -> tuple[float, dict[str, float], list[ImageOutput]]:
+def evaluate(ctx: TrialContext, pipeline: Pipeline, number: int | None = None,
+             report: Callable[[int, float], None] | None = None) -> tuple[float, dict[str, float], list[ImageOutput]]:
     """Run the pipeline on every item; return the trial score, its metrics and the outputs.
 
     ``number``: the trial's number when it is evaluated again (its stored
-    labels then do not vote in its own consensus).
+    labels then do not vote in its own consensus). ``report(step, value)``
+    receives the objective over the images done so far after each image but
+    the last, and may stop the trial (pruning).
     """
     model = load_segmenter(pipeline.model.family, **pipeline.model.init)
     t = dict(time_preprocess_s=0.0, time_segment_s=0.0, time_score_s=0.0)
@@ -131,6 +133,10 @@ def evaluate(ctx: TrialContext, pipeline: Pipeline,
         results.append(result)
         raw = item.data if item.axes == "YX" and item.data.shape == seg.labels.shape else image
         outputs.append(ImageOutput(item.name, seg.labels, image, raw, values))
+        if report is not None and len(outputs) < len(ctx.items):
+            partial = ctx.objective.partial([o.metrics for o in outputs])
+            if partial is not None:
+                report(len(outputs) - 1, partial)
     metrics = ctx.objective.trial_metrics([o.metrics for o in outputs], results)
     metrics.update(t)
     metrics.update(
@@ -180,9 +186,24 @@ def run_trial(trial: optuna.Trial, ctx: TrialContext) -> float:
     )
     trial.set_user_attr("mlflow_run_id", run_id)
     ctx.last = {"number": trial.number, "pipeline": pipeline.label}
+    done: list[int] = []
+
+    def report(step: int, value: float) -> None:
+        trial.report(value, step)
+        done.append(step)
+        if trial.should_prune():
+            raise optuna.TrialPruned(f"pruned after {step + 1} image(s): {value:.4f}")
+
     try:
-        value, metrics, outputs = evaluate(ctx, pipeline)
+        value, metrics, outputs = evaluate(ctx, pipeline, report=report)
         ctx.store.save(trial.number, {o.name: o.labels for o in outputs}, {o.name: o.metrics for o in outputs})
+    except optuna.TrialPruned as e:
+        trial.set_user_attr("summary", _labels(pipeline))
+        ctx.last["pruned"] = str(e)
+        ctx.tracker.log(run_id, metrics={"pruned_after_images": len(done)},
+                        tags={"opsef.status": "pruned", "opsef.pruned": str(e)})
+        ctx.tracker.finish(run_id, "FINISHED")
+        raise
     except KeyboardInterrupt:
         trial.set_user_attr("interrupted", True)
         ctx.tracker.finish(run_id, "KILLED", tags={"opsef.status": "interrupted"})
