@@ -58,6 +58,7 @@ def test_overrides_reach_settings(tmp_path):
         ("+study.stages={a: {}};stage=b", "stage='b': the study has the stages a"),
         ("~study.search.models.classical.params.min_distance;+study.search.models.classical.params.min_distance={low: 2, high: 9};study.search.sampler=tpe;+study.stages={coarse: {sampler: grid}}", "study.stages.coarse.sampler=grid"),
         ("+tags_csv=nope.csv", "tags_csv="),
+        ("+study.stages={a: {pruner: mean}}", "study.stages.a.pruner='mean'"),
     ],
 )
 def test_bad_values_are_named(tmp_path, override, expected):

@@ -31,6 +31,8 @@ from opsef_opt.config import ConfigError, SearchSpec, Settings, StageSpec
 from opsef_opt.io.dataset import Item, load_items
 from opsef_opt.preprocess.cache import PreprocessCache
 from opsef_opt.score.objective import Objective, resolve_objective
+from opsef_opt.search.best import write_best
+from opsef_opt.search.plots import stage_plots
 from opsef_opt.search.pool import ConsensusPool, LabelStore
 from opsef_opt.search.rescore import final_scores
 from opsef_opt.search.sheets import stage_contact_sheet
@@ -355,6 +357,13 @@ def _finish_stage(settings: Settings, stage: StageSpec, study: optuna.Study, ctx
             log.info("contact sheet: %s", path)
     except Exception as e:  # a figure must never cost the study its results
         log.warning("contact sheet not written: %s: %s", type(e).__name__, e)
+    best = write_best(study, ctx.space, settings.study.reshape, settings.study_dir, stage.name)
+    if best:
+        ctx.tracker.client.log_artifact(ctx.parent_run_id, str(best), "best")
+        log.info("best pipeline: %s", settings.study_dir / "best.yaml")
+    plots = settings.study_dir / "plots" / stage.name
+    for png in stage_plots(study, plots):
+        ctx.tracker.client.log_artifact(ctx.parent_run_id, str(png), "plots")
 
 
 def _fail_stale(study: optuna.Study, grace: int, started: set[int]) -> list[optuna.trial.FrozenTrial]:

@@ -1,0 +1,106 @@
+"""The best pipeline of a stage as a standalone YAML file, and reading it back.
+
+``studies/<study>/best.yaml`` (and ``best_<stage>.yaml``) hold everything
+needed to run the chosen pipeline again without the study: reshaping,
+preprocessing steps with their parameters, the model family, how to load it
+and its call parameters, plus where it came from (study, stage, trial, score,
+MLflow run). The apply mode reads it; users can edit it.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import optuna
+import yaml
+from optuna.trial import TrialState
+
+from opsef_opt.config import ModelSpec, ReshapeSpec, SearchSpec
+from opsef_opt.preprocess import step_label
+from opsef_opt.search.space import Pipeline, pipeline_from_params
+
+__all__ = ["best_trial", "pipeline_config", "write_best", "load_pipeline"]
+
+
+def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
+    """The evaluated trial with the best final score (``score.final`` when the stage has one)."""
+    finals = study.user_attrs.get("final_scores", {})
+
+    def key(t: optuna.trial.FrozenTrial) -> float:
+        v = finals.get(str(t.number))
+        return v if v is not None and not math.isnan(v) else t.value
+
+    trials = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+              if t.user_attrs.get("value_source") != "tag"]
+    return max(trials, key=lambda t: (key(t), -t.number)) if trials else None
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if hasattr(value, "item"):  # numpy scalars
+        return value.item()
+    return value
+
+
+def pipeline_config(pipeline: Pipeline, reshape: ReshapeSpec, provenance: dict[str, Any]) -> dict[str, Any]:
+    """A plain mapping (YAML-ready) describing one pipeline and where it came from."""
+    return _plain({
+        "source": provenance,
+        "pipeline": pipeline.label,
+        "reshape": asdict(reshape),
+        "preprocess": [{"slot": slot, "name": name, **params} for slot, name, params in pipeline.steps],
+        "model": {"label": pipeline.model.label, "family": pipeline.model.family,
+                  "init": dict(pipeline.model.init), "params": dict(pipeline.model_params)},
+    })
+
+
+def write_best(study: optuna.Study, space: SearchSpec, reshape: ReshapeSpec, folder: Path,
+               stage: str) -> Path | None:
+    """Write ``best_<stage>.yaml`` and ``best.yaml`` (the latest stage's choice); None if nothing completed."""
+    t = best_trial(study)
+    if t is None:
+        return None
+    pipeline = pipeline_from_params(space, t.params)
+    final = study.user_attrs.get("final_scores", {}).get(str(t.number))
+    provenance = {"study": study.study_name, "stage": stage, "trial": t.number, "score": t.value,
+                  "score_final": final, "mlflow_run_id": t.user_attrs.get("mlflow_run_id", "")}
+    text = ("# The best pipeline of " + study.study_name + ", written by opsef-opt.\n"
+            "# Reload with opsef_opt.search.best.load_pipeline(path); edit freely.\n"
+            + yaml.safe_dump(pipeline_config(pipeline, reshape, provenance), sort_keys=False))
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"best_{stage}.yaml"
+    path.write_text(text)
+    (folder / "best.yaml").write_text(text)
+    return path
+
+
+def load_pipeline(path: Path) -> tuple[Pipeline, ReshapeSpec]:
+    """Read a file written by :func:`write_best` back into a runnable pipeline and its reshaping."""
+    from opsef_opt.config import ConfigError
+    from opsef_opt.params import ParamError, check_kwargs
+    from opsef_opt.preprocess import get_step
+    from opsef_opt.segment import SEGMENTERS
+
+    try:
+        node = yaml.safe_load(Path(path).read_text())
+        steps, labels = [], []
+        for s in node["preprocess"]:
+            s = dict(s)
+            slot, name = s.pop("slot"), s.pop("name")
+            params = check_kwargs(get_step(slot, name).params, s, f"{path}: preprocess {slot}.{name}")
+            steps.append((slot, name, params))
+            labels.append((slot, step_label(name, params)))
+        m = node["model"]
+        family = SEGMENTERS.get(m["family"])
+        params = check_kwargs(family.params, dict(m.get("params") or {}), f"{path}: model.params")
+        model = ModelSpec(m.get("label", m["family"]), m["family"], dict(m.get("init") or {}), params, {}, {})
+        rs = node.get("reshape") or {}
+        reshape = ReshapeSpec(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in rs.items()})
+    except (OSError, yaml.YAMLError, KeyError, TypeError, ValueError, ParamError) as e:
+        raise ConfigError(f"{path}: not a readable pipeline file ({type(e).__name__}: {e})") from None
+    return Pipeline(tuple(steps), tuple(labels), model, params), reshape

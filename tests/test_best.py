@@ -1,0 +1,50 @@
+"""The best pipeline file and the stage's plots: written, logged, and runnable on their own."""
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+import tifffile
+from mlflow import MlflowClient
+
+from opsef_opt.config import ConfigError
+from opsef_opt.preprocess import run_chain
+from opsef_opt.search.best import load_pipeline
+from opsef_opt.segment import load_segmenter
+
+from conftest import DEMO, TEST_CONF, run_cli
+
+
+@pytest.mark.slow
+def test_best_yaml_reproduces_the_best_trial_and_plots_are_logged(tmp_path):
+    r = run_cli("study=tiny", f"hydra.searchpath=[file://{TEST_CONF}]", cwd=tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    folder = tmp_path / "studies" / "tiny"
+    board = pd.read_csv(folder / "leaderboard.csv")
+    pipeline, reshape = load_pipeline(folder / "best.yaml")
+    assert pipeline.label == board.loc[0, "pipeline"]
+    assert (folder / "best_search.yaml").read_text() == (folder / "best.yaml").read_text()
+
+    # run on its own, the file's pipeline gives the labels the study's best trial logged
+    client = MlflowClient(f"sqlite:///{tmp_path}/studies/mlflow.db")
+    run = client.get_run(board.loc[0, "mlflow_run_id"])
+    image = tifffile.imread(DEMO / "images" / "dsb2018_256.tif")
+    pre, axes = run_chain(image, "YX", pipeline.steps)
+    model = load_segmenter(pipeline.model.family, **pipeline.model.init)
+    labels = model(pre, axes, **pipeline.model_params).labels
+    assert labels.max() == run.data.metrics["dsb2018_256/n_objects"]
+
+    parent = client.get_run(run.data.tags["mlflow.parentRunId"])
+    logged = {a.path for folder_ in ("best", "plots", "contact_sheet")
+              for a in client.list_artifacts(parent.info.run_id, folder_)}
+    assert {"best/best_search.yaml", "plots/optimization_history.png", "plots/param_importances.png",
+            "plots/parallel_coordinate.png", "contact_sheet/search.png"} <= logged
+
+
+def test_a_broken_pipeline_file_is_named(tmp_path):
+    bad = tmp_path / "best.yaml"
+    bad.write_text("preprocess:\n- {slot: filter, name: median, size: 4}\nmodel: {family: classical}\n")
+    with pytest.raises(ConfigError, match="best.yaml.*must be odd"):
+        load_pipeline(bad)
+    bad.write_text("model: [")
+    with pytest.raises(ConfigError, match="not a readable pipeline file"):
+        load_pipeline(bad)
