@@ -196,6 +196,8 @@ class Settings:
     tags_csv: Path | None = None
     #: mode=tag: how many untagged runs to show and ask about at once
     tag_batch: int = 12
+    #: worker processes on this machine sharing each stage
+    n_workers: int = 1
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     def stages_to_run(self) -> tuple[StageSpec, ...]:
@@ -583,7 +585,7 @@ _STUDY_KEYS = dict.fromkeys(
 )
 _TOP_KEYS = dict.fromkeys(
     ["mode", "study", "studies_dir", "n_trials", "seed", "storage", "tracking_uri",
-     "heartbeat", "log_artifacts", "leaderboard_rows", "stage", "tags_csv", "tag_batch"]
+     "heartbeat", "log_artifacts", "leaderboard_rows", "stage", "tags_csv", "tag_batch", "n_workers"]
 )
 
 
@@ -648,4 +650,5 @@ def validate(cfg: DictConfig | Mapping, base: Path | None = None) -> Settings:
         stage=stage,
         tags_csv=tags_csv,
         tag_batch=_int("tag_batch", raw.get("tag_batch", 12), 1),
+        n_workers=_int("n_workers", raw.get("n_workers", 1), 1),
     )

@@ -23,7 +23,7 @@ def leaderboard(study: optuna.Study, tags: Mapping[str, str] | None = None) -> p
     finals = study.user_attrs.get("final_scores", {})
     rows = []
     for t in study.get_trials(deepcopy=False):
-        if t.state not in (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED):
+        if t.state not in (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED) or t.user_attrs.get("over_budget"):
             continue
         summary = t.user_attrs.get("summary", {})
         rows.append({

@@ -32,6 +32,7 @@ from opsef_opt.io.dataset import Item, load_items
 from opsef_opt.preprocess.cache import PreprocessCache
 from opsef_opt.score.objective import Objective, resolve_objective
 from opsef_opt.search.best import write_best
+from opsef_opt.search.budget import count_trials
 from opsef_opt.search.plots import stage_plots
 from opsef_opt.search.pool import ConsensusPool, LabelStore
 from opsef_opt.search.rescore import final_scores
@@ -150,21 +151,6 @@ def available_space(space: SearchSpec) -> tuple[SearchSpec, dict[str, str]]:
     return replace(space, models=tuple(keep)), skipped
 
 
-def count_trials(trials: list[optuna.trial.FrozenTrial]) -> tuple[int, int]:
-    """(trials that count against the budget, trials running now)."""
-    done = running = 0
-    for t in trials:
-        if t.user_attrs.get("value_source") == "tag":
-            continue  # seeded from the analyst's tags, not an evaluation of this stage
-        if t.state in (TrialState.COMPLETE, TrialState.PRUNED) or (
-            t.state == TrialState.FAIL and "error" in t.user_attrs
-        ):
-            done += 1
-        elif t.state == TrialState.RUNNING:
-            running += 1
-    return done, running
-
-
 def _objective(settings: Settings, stage: StageSpec, items: list[Item], tracker: Tracker) -> Objective:
     with_truth = [i.truth is not None for i in items]
     name = resolve_objective(stage.objective, all(with_truth))
@@ -223,10 +209,14 @@ class StopRequest:
     stops at once.
     """
 
+    #: the signal that asked this process to stop (workers get SIGINT from the terminal themselves)
+    last_signal: int | None = None
+
     def __init__(self) -> None:
         self.requested = False
 
     def __call__(self, signum, frame) -> None:
+        StopRequest.last_signal = signum
         if self.requested:
             raise KeyboardInterrupt(f"signal {signum}")
         self.requested = True
@@ -253,8 +243,14 @@ def run_search(settings: Settings) -> list[optuna.Study]:
 
 
 def run_stage(settings: Settings, stage: StageSpec, items: list[Item], space: SearchSpec, tracker: Tracker,
-              problems: list[str] = (), skipped: dict[str, str] | None = None) -> optuna.Study:
-    """Run (or continue) one stage: its own Optuna study and MLflow parent run."""
+              problems: list[str] = (), skipped: dict[str, str] | None = None,
+              worker: bool = False) -> optuna.Study:
+    """Run (or continue) one stage: its own Optuna study and MLflow parent run.
+
+    With ``n_workers > 1`` this process prepares the stage, starts the
+    other workers (``worker=True``: they only run trials) and runs trials
+    itself; once all are done it writes the stage's results.
+    """
     skipped = skipped or {}
     objective = _objective(settings, stage, items, tracker)
     study = open_study(settings, stage, len(items))
@@ -263,9 +259,10 @@ def run_stage(settings: Settings, stage: StageSpec, items: list[Item], space: Se
     if stage.sampler == "grid":
         size = _enqueue_grid(study, space, settings.seed)
         if budget > size:
-            log.info("the grid has %d pipelines; n_trials=%d is capped at %d", size, budget, size)
+            if not worker:
+                log.info("the grid has %d pipelines; n_trials=%d is capped at %d", size, budget, size)
             budget = size
-    if objective.name == "tags":
+    if objective.name == "tags" and not worker:
         runs = trial_runs(tracker.client, tracker.experiment_id, settings.study.name)
         added = seed_tagged(study, runs, settings.study.score.tag_values)
         if added:
@@ -276,6 +273,9 @@ def run_stage(settings: Settings, stage: StageSpec, items: list[Item], space: Se
         study.user_attrs.get(key), stage.name,
         tags={"optuna.study": study.study_name, "opsef.stage": stage.name},
     )
+    if worker:
+        return _trial_loop(settings, study, _context(settings, stage, study, space, items, objective, tracker,
+                                                     parent, budget), budget, worker=True)
     study.set_user_attr(key, parent)
     # tags, not params: a resumed run may change the budget or seed, and params are immutable
     tracker.log(parent, tags={"n_trials": budget, "seed": settings.seed, "sampler": stage.sampler,
@@ -284,19 +284,49 @@ def run_stage(settings: Settings, stage: StageSpec, items: list[Item], space: Se
                               "skipped_images": "\n".join(problems) or "none",
                               "skipped_models": "\n".join(f"{k}: {v}" for k, v in skipped.items()) or "none"})
     study.set_user_attr("skipped_models", skipped)
-    recorder = Recorder()
-    stop = StopRequest()
-    store = LabelStore(settings.study_dir / "labels" / stage.name)
-    ctx = TrialContext(
-        study.study_name, space, items, objective,
-        PreprocessCache(settings.study_dir / "cache" / "preprocess"), tracker, parent, recorder,
-        store, ConsensusPool(store, settings.study.score), settings.log_artifacts, stop.check,
-    )
+    ctx = _context(settings, stage, study, space, items, objective, tracker, parent, budget)
     _record_unrecorded(study, ctx)
+    log.info("stage %s: %d images/items, objective %s, budget %d trials (%s sampler, %d worker(s))",
+             study.study_name, len(items), objective.name, budget, stage.sampler, settings.n_workers)
+    from opsef_opt.search.workers import Workers
+
+    with Workers(settings, stage.name, settings.n_workers - 1) as workers:
+        try:
+            _trial_loop(settings, study, ctx, budget)
+        except KeyboardInterrupt:
+            workers.stop()
+            _requeue_interrupted(study)
+            tracker.close_parent(parent, {}, {"opsef.status": "interrupted"}, status="KILLED")
+            raise
+        workers.wait()
+    _finish_stage(settings, stage, study, ctx)
+    best = _best_value(study)
+    tracker.close_parent(
+        parent,
+        {"best_score": best} if best is not None else {},
+        {"opsef.status": "complete", "cache": json.dumps(ctx.cache.stats)},
+    )
+    study.set_user_attr("cache_stats", ctx.cache.stats)
+    return study
+
+
+def _context(settings: Settings, stage: StageSpec, study: optuna.Study, space: SearchSpec, items: list[Item],
+             objective: Objective, tracker: Tracker, parent: str, budget: int) -> TrialContext:
+    store = LabelStore(settings.study_dir / "labels" / stage.name)
+    return TrialContext(
+        study.study_name, space, items, objective,
+        PreprocessCache(settings.study_dir / "cache" / "preprocess"), tracker, parent, Recorder(),
+        store, ConsensusPool(store, settings.study.score), settings.log_artifacts, budget=budget,
+    )
+
+
+def _trial_loop(settings: Settings, study: optuna.Study, ctx: TrialContext, budget: int,
+                worker: bool = False) -> optuna.Study:
+    """Start trials until the budget (shared by every worker on this storage) is spent."""
+    stop = StopRequest()
+    ctx.check_stop = stop.check
     previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    log.info("stage %s: %d images/items, objective %s, budget %d trials (%s sampler)",
-             study.study_name, len(items), objective.name, budget, stage.sampler)
     waited = False
     started: set[int] = set()
     try:
@@ -306,7 +336,7 @@ def run_stage(settings: Settings, stage: StageSpec, items: list[Item], space: Se
             if done >= budget:
                 break
             if done + running >= budget:
-                if not waited:
+                if not waited and not worker:
                     log.info("waiting for %d running trial(s): finishing elsewhere, or interrupted and "
                              "retried after %d s without heartbeat", running, settings.heartbeat_grace)
                     waited = True
@@ -315,23 +345,10 @@ def run_stage(settings: Settings, stage: StageSpec, items: list[Item], space: Se
             stop.check()
             study.optimize(lambda t: run_trial(t, ctx), n_trials=1, catch=(TrialFailed,), gc_after_trial=False)
             _report(ctx.last, done + 1, budget)
-    except KeyboardInterrupt:
-        recorder.close()
-        _requeue_interrupted(study)
-        tracker.close_parent(parent, {}, {"opsef.status": "interrupted"}, status="KILLED")
-        raise
     finally:
+        ctx.recorder.close()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-    recorder.close()
-    _finish_stage(settings, stage, study, ctx)
-    best = _best_value(study)
-    tracker.close_parent(
-        parent,
-        {"best_score": best} if best is not None else {},
-        {"opsef.status": "complete", "cache": json.dumps(ctx.cache.stats)},
-    )
-    study.set_user_attr("cache_stats", ctx.cache.stats)
     return study
 
 
@@ -416,6 +433,8 @@ def _best_value(study: optuna.Study) -> float | None:
 
 
 def _report(last: dict, n: int, budget: int) -> None:
+    if last.get("over_budget"):
+        return
     if last.get("pruned"):
         log.info("[%d/%d] trial %d pruned (%s)  %s", n, budget, last["number"], last["pruned"], last["pipeline"])
     elif last.get("error"):

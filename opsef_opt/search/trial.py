@@ -1,6 +1,8 @@
 """One trial, top to bottom: sample → preprocess (cached) → segment (model cached) → score → log."""
 from __future__ import annotations
 
+import os
+import socket
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -17,6 +19,7 @@ from opsef_opt.preprocess.cache import PreprocessCache, cache_key
 from opsef_opt.preprocess import normalize01
 from opsef_opt.score import ImageResult
 from opsef_opt.score.objective import Objective
+from opsef_opt.search.budget import over_budget
 from opsef_opt.search.pool import ConsensusPool, LabelStore
 from opsef_opt.search.space import Pipeline, suggest_pipeline
 from opsef_opt.config import SearchSpec
@@ -50,6 +53,8 @@ class TrialContext:
     check_stop: Callable[[], None] = lambda: None
     last: dict[str, Any] = field(default_factory=dict)  # outcome of the latest trial, for progress lines
     references: dict[str, np.ndarray] = field(default_factory=dict)
+    #: the stage's trial budget (checked again when a trial starts: several workers share it)
+    budget: int | None = None
 
 
 def _safe(name: str) -> str:
@@ -169,6 +174,19 @@ def record_trial(tracker: Tracker, run_id: str, outputs: list[ImageOutput], metr
     tracker.finish(run_id, "FINISHED")
 
 
+#: which process ran a trial (host:pid), stored with it
+WORKER = f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _give_back(trial: optuna.Trial) -> None:
+    """Mark a trial started after the budget was spent; queue again the grid point it took, if any."""
+    trial.set_user_attr("over_budget", True)
+    storage = trial.study._storage
+    fixed = storage.get_trial_system_attrs(trial._trial_id).get("fixed_params")
+    if fixed:
+        trial.study.enqueue_trial(fixed, skip_if_exists=False)
+
+
 def _labels(pipeline: Pipeline) -> dict[str, str]:
     from opsef_opt.preprocess import step_label
 
@@ -179,6 +197,11 @@ def _labels(pipeline: Pipeline) -> dict[str, str]:
 def run_trial(trial: optuna.Trial, ctx: TrialContext) -> float:
     """Optuna objective: evaluate one sampled pipeline; its recording is handed to the recorder."""
     started = time.perf_counter()
+    if ctx.budget is not None and over_budget(trial, ctx.budget):
+        _give_back(trial)
+        ctx.last = {"number": trial.number, "over_budget": True}
+        raise TrialFailed("the budget was filled by other workers meanwhile")
+    trial.set_user_attr("worker", WORKER)
     pipeline = suggest_pipeline(trial, ctx.space)
     run_id = ctx.tracker.start_trial(
         ctx.parent_run_id, trial.number, ctx.study_name, pipeline.flat,

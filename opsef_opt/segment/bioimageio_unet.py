@@ -28,6 +28,7 @@ import numpy as np
 from opsef_opt.params import Param
 from opsef_opt.resolvers import packaged_data
 from opsef_opt.segment.base import ModelUnavailable, Segmentation, Segmenter
+from opsef_opt.segment.device import cpu_threads
 from opsef_opt.segment.instances import instances_from_probability
 from opsef_opt.segment.registry import register_segmenter
 
@@ -220,6 +221,7 @@ class BioimageioUNet(Segmenter):
                 self._device = "cuda"
             opts = ort.SessionOptions()
             opts.log_severity_level = 3
+            opts.intra_op_num_threads = cpu_threads()  # 0 = onnxruntime's default (all cores)
             self._session = ort.InferenceSession(str(path), opts, providers=providers)
             self._input = self._session.get_inputs()[0].name
         else:
