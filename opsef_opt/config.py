@@ -33,6 +33,7 @@ TAGS = ("correct", "over", "under", "failed")
 DEFAULT_TAG_VALUES = {"correct": 1.0, "over": 0.4, "under": 0.4, "failed": 0.0}
 SAMPLERS = ("auto", "grid", "tpe", "random")
 PRUNERS = ("none", "median", "halving")
+STAGE_SPACES = ("same", "refine", "top")
 FORMATS = ("auto", "tiff", "lif")
 
 
@@ -161,6 +162,13 @@ class StageSpec:
     n_trials: int
     #: none | median | halving: stop a trial after its first images when it is clearly worse
     pruner: str = "none"
+    #: the earlier stage whose best pipelines this stage starts from
+    source: str | None = None
+    #: same (the study's space) | refine (around the source's top_k) | top (exactly the source's top_k)
+    space: str = "same"
+    top_k: int = 5
+    #: train (study.images.train, or all when not set) | all
+    images: str = "train"
 
 
 @dataclass(frozen=True)
@@ -568,15 +576,29 @@ def _stages(where: str, node: Any, default: StageSpec, search: SearchSpec) -> tu
         sub = sub or {}
         if not isinstance(name, str) or not name.isidentifier():
             raise ConfigError(f"{where}.{name}: stage names must be simple identifiers (letters, digits, _)")
-        _keys(f"{where}.{name}", sub, {"objective": None, "sampler": None, "n_trials": None, "pruner": None})
+        _keys(f"{where}.{name}", sub, {"objective": None, "sampler": None, "n_trials": None, "pruner": None,
+                                       "from": None, "space": "same", "top_k": 5, "images": "train"})
+        space = _choice(f"{where}.{name}.space", sub.get("space", "same"), STAGE_SPACES)
+        source = sub.get("from")
+        earlier = [st.name for st in out]
+        if space != "same" and source is None:
+            raise ConfigError(f"{where}.{name}.space={space}: needs 'from: <an earlier stage>'")
+        if source is not None and source not in earlier:
+            raise ConfigError(f"{where}.{name}.from={source!r}: must name an earlier stage ({', '.join(earlier) or 'none'})")
+        top_k = _int(f"{where}.{name}.top_k", sub.get("top_k", 5), 1)
+        images = _choice(f"{where}.{name}.images", sub.get("images", "train"), ("train", "all"))
+        if space == "refine" and sub.get("sampler") == "grid":
+            raise ConfigError(f"{where}.{name}.sampler=grid: a refined space has continuous ranges; use tpe")
         objective = _objective(f"{where}.{name}.objective", sub.get("objective") or default.objective)
-        sampler = _choice(f"{where}.{name}.sampler", sub.get("sampler") or default.sampler, SAMPLERS[1:])
-        if sampler == "grid" and _has_ranges(search):
+        sampler = _choice(f"{where}.{name}.sampler", sub.get("sampler") or
+                          ("tpe" if space == "refine" else "random" if space == "top" else default.sampler),
+                          SAMPLERS[1:])
+        if sampler == "grid" and space == "same" and _has_ranges(search):
             raise ConfigError(f"{where}.{name}.sampler=grid: the search space has {{low, high}} ranges; "
                               f"use lists of values for a grid, or sampler=tpe")
         n_trials = _int(f"{where}.{name}.n_trials", sub.get("n_trials") or default.n_trials, 1)
         pruner = _choice(f"{where}.{name}.pruner", sub.get("pruner") or default.pruner, PRUNERS)
-        out.append(StageSpec(name, objective, sampler, n_trials, pruner))
+        out.append(StageSpec(name, objective, sampler, n_trials, pruner, source, space, top_k, images))
     return tuple(out)
 
 

@@ -59,6 +59,10 @@ def test_overrides_reach_settings(tmp_path):
         ("~study.search.models.classical.params.min_distance;+study.search.models.classical.params.min_distance={low: 2, high: 9};study.search.sampler=tpe;+study.stages={coarse: {sampler: grid}}", "study.stages.coarse.sampler=grid"),
         ("+tags_csv=nope.csv", "tags_csv="),
         ("+study.stages={a: {pruner: mean}}", "study.stages.a.pruner='mean'"),
+        ("+study.stages={a: {space: refine}}", "study.stages.a.space=refine: needs 'from"),
+        ("+study.stages={a: {}, b: {from: c, space: top}}", "study.stages.b.from='c': must name an earlier stage (a)"),
+        ("+study.stages={a: {}, b: {from: a, space: refine, sampler: grid}}", "a refined space has continuous ranges"),
+        ("+study.stages={a: {images: some}}", "study.stages.a.images='some'"),
     ],
 )
 def test_bad_values_are_named(tmp_path, override, expected):

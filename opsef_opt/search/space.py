@@ -56,10 +56,15 @@ class Pipeline:
 
     @property
     def label(self) -> str:
-        """One readable line, e.g. ``median(size=3) > clahe(clip_limit=0.02) | classical(min_distance=5)``."""
+        """One readable line with the values used, e.g. ``median(size=3) > clahe(clip_limit=0.02) | classical(min_distance=5)``.
+
+        (:attr:`preprocess_label` names the searched options, e.g. a tuned
+        ``gaussian(sigma=0.5..2.0)``; this line gives the sigma this pipeline used.)
+        """
         from opsef_opt.preprocess import step_label
 
-        return f"{self.preprocess_label} | {step_label(self.model.label, self.model_params)}"
+        pre = " > ".join(step_label(name, params) for _, name, params in self.steps if name != "none") or "none"
+        return f"{pre} | {step_label(self.model.label, self.model_params)}"
 
 
 class _Chooser:

@@ -57,7 +57,7 @@ class StudyError(RuntimeError):
 def _space_signature(settings: Settings, stage: StageSpec) -> str:
     s = settings.study
     payload = repr((s.search, s.score, s.images.train, s.images.labels_sparse, s.reshape,
-                    stage.objective, stage.sampler))
+                    stage.objective, stage.sampler, stage.source, stage.space, stage.top_k, stage.images))
     return hashlib.sha1(payload.encode()).hexdigest()[:16]
 
 
@@ -85,7 +85,9 @@ def _sampler(sampler: str, seed: int, n_existing: int) -> optuna.samplers.BaseSa
     # study does not replay the random start-up proposals it already made
     seed = seed + n_existing
     if sampler == "tpe":
-        return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, n_startup_trials=10)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, n_startup_trials=10)
     return optuna.samplers.RandomSampler(seed=seed)
 
 
@@ -227,19 +229,31 @@ class StopRequest:
             raise KeyboardInterrupt("stop requested")
 
 
-def run_search(settings: Settings) -> list[optuna.Study]:
-    """Run (or continue) the study's stages in order, each until its trial budget is spent."""
-    items, problems = load_items(settings.study.images, settings.study.reshape)
-    for p in problems:
-        log.warning("%s", p)
+def stage_items(settings: Settings, stage: StageSpec, quiet: bool = False) -> tuple[list[Item], list[str]]:
+    """The items a stage scores: the training images (``study.images.train``) or all images."""
+    items, problems = load_items(settings.study.images, settings.study.reshape, train_only=stage.images == "train")
+    if not quiet:
+        for p in problems:
+            log.warning("%s", p)
     if not items:
         raise StudyError("no readable image left in study.images: " + "; ".join(problems))
+    return items, problems
+
+
+def run_search(settings: Settings) -> list[optuna.Study]:
+    """Run (or continue) the study's stages in order, each until its trial budget is spent."""
     space, skipped = available_space(settings.study.search)
     settings.study_dir.mkdir(parents=True, exist_ok=True)
     tracker = Tracker(settings.tracking_uri, settings.studies_dir / "mlartifacts", settings.study.name,
                       settings.study.description)
-    return [run_stage(settings, stage, items, space, tracker, problems, skipped)
-            for stage in settings.stages_to_run()]
+    loaded: dict[str, tuple[list[Item], list[str]]] = {}
+    studies = []
+    for stage in settings.stages_to_run():
+        if stage.images not in loaded:
+            loaded[stage.images] = stage_items(settings, stage, quiet=bool(loaded))
+        items, problems = loaded[stage.images]
+        studies.append(run_stage(settings, stage, items, space, tracker, problems, skipped))
+    return studies
 
 
 def run_stage(settings: Settings, stage: StageSpec, items: list[Item], space: SearchSpec, tracker: Tracker,
@@ -256,7 +270,10 @@ def run_stage(settings: Settings, stage: StageSpec, items: list[Item], space: Se
     study = open_study(settings, stage, len(items))
     _check_signature(study, settings, stage)
     budget = stage.n_trials
-    if stage.sampler == "grid":
+    space, cap = _stage_space(settings, stage, study, space, worker)
+    if cap is not None and budget > cap:
+        budget = cap
+    if stage.sampler == "grid" and stage.space == "same":
         size = _enqueue_grid(study, space, settings.seed)
         if budget > size:
             if not worker:
@@ -308,6 +325,49 @@ def run_stage(settings: Settings, stage: StageSpec, items: list[Item], space: Se
     )
     study.set_user_attr("cache_stats", ctx.cache.stats)
     return study
+
+
+def _stage_space(settings: Settings, stage: StageSpec, study: optuna.Study, base: SearchSpec,
+                 worker: bool) -> tuple[SearchSpec, int | None]:
+    """The stage's search space (derived from an earlier stage when it says so) and a budget cap.
+
+    The source trials are chosen once and recorded in the stage's study, so a
+    resumed stage (or another worker) derives the same space; their
+    pipelines are queued first.
+    """
+    if stage.space == "same":
+        return base, None
+    from opsef_opt.search.derive import params_for, ranked_trials, refine_space, top_pipelines
+
+    source_stage = next(s for s in settings.study.stages if s.name == stage.source)
+    source = optuna.load_study(study_name=f"{settings.study.name}/{source_stage.name}", storage=study._storage) \
+        if _exists(study, f"{settings.study.name}/{source_stage.name}") else None
+    numbers = study.user_attrs.get("derived_from")
+    if numbers is None:
+        ranked = ranked_trials(source) if source is not None else []
+        if not ranked:
+            raise StudyError(f"stage {stage.name} starts from the best pipelines of stage {stage.source}, which has "
+                             f"no completed trial yet; run it first (stage={stage.source})")
+        numbers = [t.number for t in ranked[: stage.top_k]]
+        study.set_user_attr("derived_from", numbers)
+    source_space, _ = _stage_space(settings, source_stage, source, base, worker=True)
+    top = top_pipelines(source, source_space, numbers)
+    if stage.space == "top":
+        by_number = {t.number: t for t in source.get_trials(deepcopy=False)}
+        space, queue = source_space, [by_number[n].params for n in numbers]
+    else:
+        space = refine_space(source_space, top)
+        queue = [params_for(p, space) for p in top]
+    if not worker and not study.user_attrs.get("sources_enqueued"):
+        for params in queue:
+            study.enqueue_trial(params, skip_if_exists=True)
+        study.set_user_attr("sources_enqueued", True)
+        log.info("stage %s: starts from trials %s of stage %s (%s)", stage.name, numbers, stage.source, stage.space)
+    return space, (len(numbers) if stage.space == "top" else None)
+
+
+def _exists(study: optuna.Study, name: str) -> bool:
+    return any(s.study_name == name for s in optuna.get_all_study_summaries(study._storage))
 
 
 def _context(settings: Settings, stage: StageSpec, study: optuna.Study, space: SearchSpec, items: list[Item],

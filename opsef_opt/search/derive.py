@@ -1,0 +1,160 @@
+"""Search spaces of later stages, derived from the best pipelines of an earlier stage.
+
+Following OpSeF's advice (many models and few, distinct preprocessings
+first; then fine-tune the most promising), a stage can take the top-k
+pipelines of another stage and either
+
+- ``refine``: search around them: only their preprocessing steps and models
+  stay; each numeric parameter becomes a continuous range spanning the top
+  values widened to their neighbours in the original grid (or by half a
+  value when it had none), categorical ones keep the values the top-k used;
+  the top-k themselves are evaluated first;
+- ``top``: evaluate exactly those pipelines again, e.g. on all images, to
+  see how the choice generalises.
+
+The chosen source trials are recorded in the stage's study, so a resumed
+stage derives the same space even when the source stage has grown since.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from opsef_opt.config import Range, SearchSpec, StepOption
+from opsef_opt.params import Param
+from opsef_opt.search.space import Pipeline, pipeline_from_params
+
+__all__ = ["ranked_trials", "refine_space", "params_for"]
+
+
+def ranked_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    """Completed trials, best first (final score where the stage has one, else the trial value)."""
+    finals = study.user_attrs.get("final_scores", {})
+
+    def key(t):
+        v = finals.get(str(t.number))
+        return (v if v is not None and not math.isnan(v) else t.value, -t.number)
+
+    return sorted(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)), key=key, reverse=True)
+
+
+def _widen(param: Param, values: list[float], grid: tuple | None) -> Range | None:
+    """A range around ``values``: to the neighbouring grid values, else half a value each way."""
+    lo, hi = min(values), max(values)
+    if grid:
+        below = [g for g in grid if g < lo]
+        above = [g for g in grid if g > hi]
+        lo = max(below) if below else lo
+        hi = min(above) if above else hi
+    if lo == hi:
+        lo, hi = lo - abs(lo) / 2, hi + abs(hi) / 2
+    if param.low is not None:
+        lo = max(lo, param.low)
+    if param.high is not None:
+        hi = min(hi, param.high)
+    if param.kind == "int":
+        lo, hi = math.floor(lo), math.ceil(hi)
+        step = None
+        if param.odd:
+            lo, hi, step = lo + (lo % 2 == 0), hi - (hi % 2 == 0), 2
+        if hi <= lo:
+            return None
+        return Range(int(lo), int(hi), False, step)
+    return Range(float(lo), float(hi)) if hi > lo else None
+
+
+def _step_params(slot: str, name: str) -> dict[str, Param]:
+    from opsef_opt.preprocess import get_step
+
+    return {p.name: p for p in get_step(slot, name).params}
+
+
+def _model_params(family: str) -> dict[str, Param]:
+    from opsef_opt.segment import SEGMENTERS
+
+    return {p.name: p for p in SEGMENTERS.get(family).params}
+
+
+def refine_space(space: SearchSpec, top: list[Pipeline]) -> SearchSpec:
+    """The search space around the ``top`` pipelines (see the module docstring)."""
+    from opsef_opt.preprocess import step_label
+
+    preprocess: dict[str, tuple[StepOption, ...]] = {}
+    for slot, options in space.preprocess.items():
+        grids: dict[tuple[str, str], list] = {}
+        for o in options:  # the original values of each parameter of each step, for widening
+            for k, v in o.fixed.items():
+                grids.setdefault((o.name, k), []).append(v)
+        used: dict[str, list[dict]] = {}
+        for p in top:
+            for s, name, params in p.steps:
+                if s == slot:
+                    used.setdefault(name, []).append(params)
+        out = []
+        for name, variants in used.items():
+            declared = _step_params(slot, name)
+            fixed, ranges = {}, {}
+            for k in variants[0]:
+                vals = [v[k] for v in variants]
+                if declared[k].kind in ("int", "float") and all(isinstance(v, (int, float)) for v in vals):
+                    rng = _widen(declared[k], vals, tuple(sorted(set(grids.get((name, k), [])))))
+                    if rng is not None:
+                        ranges[k] = rng
+                        continue
+                fixed[k] = vals[0]
+            label = step_label(name, {**fixed, **{k: f"{r.low}..{r.high}" for k, r in ranges.items()}})
+            out.append(StepOption(slot, name, fixed, ranges, label))
+        preprocess[slot] = tuple(out)
+    models = []
+    for m in space.models:
+        mine = [p.model_params for p in top if p.model.label == m.label]
+        if not mine:
+            continue
+        declared = _model_params(m.family)
+        fixed, choices, ranges = dict(m.fixed), {}, {}
+        for k in list(m.choices) + list(m.ranges):
+            vals = [v[k] for v in mine]
+            if declared[k].kind in ("int", "float"):
+                grid = m.choices.get(k)
+                rng = _widen(declared[k], vals, tuple(sorted(grid)) if grid else None)
+                if rng is not None:
+                    ranges[k] = rng
+                    continue
+                fixed[k] = vals[0]
+            else:
+                kept = tuple(dict.fromkeys(vals))
+                if len(kept) > 1:
+                    choices[k] = kept
+                else:
+                    fixed[k] = kept[0]
+        models.append(replace(m, fixed=fixed, choices=choices, ranges=ranges))
+    return SearchSpec("tpe", preprocess, tuple(models))
+
+
+def params_for(pipeline: Pipeline, space: SearchSpec) -> dict[str, Any]:
+    """Optuna params that make ``space`` produce ``pipeline`` (to enqueue it in a derived stage)."""
+    params: dict[str, Any] = {}
+    for slot, name, values in pipeline.steps:
+        options = space.preprocess[slot]
+        match = next(o for o in options if o.name == name
+                     and all(values.get(k) == v for k, v in o.fixed.items()))
+        if len(options) > 1:
+            params[f"pre.{slot}"] = match.label
+        for k in match.ranges:
+            params[f"pre.{slot}.{name}.{k}"] = values[k]
+    if len(space.models) > 1:
+        params["model"] = pipeline.model.label
+    model = next(m for m in space.models if m.label == pipeline.model.label)
+    for k in list(model.choices) + list(model.ranges):
+        params[f"{model.label}.{k}"] = pipeline.model_params[k]
+    return params
+
+
+def top_pipelines(source: optuna.Study, space: SearchSpec, numbers: list[int]) -> list[Pipeline]:
+    """The pipelines of the given trials of ``source`` (built in the space they were searched in)."""
+    by_number = {t.number: t for t in source.get_trials(deepcopy=False)}
+    return [pipeline_from_params(space, by_number[n].params) for n in numbers]
