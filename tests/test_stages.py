@@ -1,12 +1,17 @@
 """Staged search through the real CLI: coarse grid -> TPE around its top-k -> top-k on all images."""
 from __future__ import annotations
 
+import os
+import signal
+import sqlite3
+import time
+
 import optuna
 import pytest
 
 from opsef_opt.search.derive import ranked_trials
 
-from conftest import TEST_CONF, run_cli
+from conftest import TEST_CONF, popen_cli, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -51,8 +56,53 @@ def test_top_k_of_coarse_define_and_seed_fine_and_confirm_runs_them_on_all_image
     assert "stage staged/confirm: 2 images/items" in r.stdout + r.stderr
     assert "stage staged/fine: 1 images/items" in r.stdout + r.stderr
     assert (tmp_path / "studies" / "staged" / "best_confirm.yaml").is_file()
+    for t in confirm.get_trials():  # each confirm trial knows its fine trial and the score it had there
+        source = fine_by_number[int(t.user_attrs["source_trial"].split("#")[1])]
+        assert t.user_attrs["source_score"] == pytest.approx(source.value)
 
     # re-running the finished study adds nothing
     r = run_cli(*STAGED, cwd=tmp_path)
     assert r.returncode == 0, r.stdout + r.stderr
     assert [len(_stage(tmp_path, s).get_trials()) for s in ("coarse", "fine", "confirm")] == [12, 5, 2]
+
+
+def _fine_states(db) -> tuple[int, int]:
+    try:
+        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1)
+        rows = con.execute("select t.state from trials t join studies s on t.study_id = s.study_id "
+                           "where s.study_name = 'staged/fine'").fetchall()
+        con.close()
+    except sqlite3.Error:
+        return 0, 0
+    states = [r[0] for r in rows]
+    return states.count("RUNNING"), states.count("COMPLETE")
+
+
+def test_kill_during_fine_then_resume_keeps_its_space_and_budget(tmp_path):
+    args = [*STAGED, "heartbeat.interval=1", "heartbeat.grace=2"]
+    r = run_cli(*args, "stage=coarse", cwd=tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    proc = popen_cli(*args, "stage=fine", cwd=tmp_path)
+    db = tmp_path / "studies" / "staged" / "optuna.db"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        running, complete = _fine_states(db)
+        if complete >= 2 and running == 1:
+            os.kill(proc.pid, signal.SIGKILL)
+            break
+        if proc.poll() is not None:
+            pytest.fail("fine finished before it could be killed:\n" + proc.stdout.read())
+        time.sleep(0.005)
+    proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL
+    derived = _stage(tmp_path, "fine").user_attrs["derived_from"]
+
+    r = run_cli(*args, "stage=fine", cwd=tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    fine = _stage(tmp_path, "fine")
+    assert fine.user_attrs["derived_from"] == derived
+    states = [t.state for t in fine.get_trials()]
+    assert states.count(optuna.trial.TrialState.COMPLETE) == 5 and states.count(optuna.trial.TrialState.FAIL) == 1
+    handed_over = [t.user_attrs["source_trial"] for t in fine.get_trials()
+                   if t.state == optuna.trial.TrialState.COMPLETE and "source_trial" in t.user_attrs]
+    assert sorted(handed_over) == sorted(f"coarse#{n}" for n in derived)  # each top-k pipeline once

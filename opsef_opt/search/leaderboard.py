@@ -31,6 +31,8 @@ def leaderboard(study: optuna.Study, tags: Mapping[str, str] | None = None) -> p
             "state": t.state.name,
             "score": t.value,
             "score_final": finals.get(str(t.number)),
+            "source_trial": t.user_attrs.get("source_trial", ""),
+            "source_score": t.user_attrs.get("source_score"),
             "source": t.user_attrs.get("value_source", "evaluated"),
             "tag": tags.get(t.user_attrs.get("mlflow_run_id", ""), t.user_attrs.get("tag", "")),
             "pipeline": summary.get("pipeline", ""),
@@ -61,7 +63,9 @@ def print_leaderboard(df: pd.DataFrame, rows: int, csv_path: Path, title: str,
     df.to_csv(csv_path, index=False)
     table = Table(title=title)
     finals = not df.empty and df["score_final"].notna().any()
-    for col in ("rank", "trial", "score", *(("final",) if finals else ()), "tag", "objects", "s/trial", "pipeline"):
+    sources = not df.empty and df["source_score"].notna().any()
+    for col in ("rank", "trial", "score", *(("final",) if finals else ()), *(("from", "score there") if sources else ()),
+                "tag", "objects", "s/trial", "pipeline"):
         table.add_column(col, justify="left" if col == "pipeline" else "right")
     ok = df[df["state"] == "COMPLETE"] if not df.empty else df
     for rank, row in enumerate(ok.head(rows).itertuples(), start=1):
@@ -69,7 +73,9 @@ def print_leaderboard(df: pd.DataFrame, rows: int, csv_path: Path, title: str,
                  else "",) if finals else ()
         objects = f"{row.n_objects_mean:.1f}" if row.n_objects_mean is not None else ""
         seconds = f"{row.seconds:.2f}" if row.source != "tag" and row.seconds is not None else "tag"
-        table.add_row(str(rank), str(row.trial), f"{row.score:.4f}", *final, row.tag or "", objects,
+        src = ((row.source_trial or "", f"{row.source_score:.4f}" if row.source_score == row.source_score
+                and row.source_score is not None else "") if sources else ())
+        table.add_row(str(rank), str(row.trial), f"{row.score:.4f}", *final, *src, row.tag or "", objects,
                       seconds, row.pipeline)
     console = Console(width=max(120, Console().width))
     console.print(table)

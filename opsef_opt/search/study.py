@@ -359,8 +359,13 @@ def _stage_space(settings: Settings, stage: StageSpec, study: optuna.Study, base
         space = refine_space(source_space, top)
         queue = [params_for(p, space) for p in top]
     if not worker and not study.user_attrs.get("sources_enqueued"):
-        for params in queue:
-            study.enqueue_trial(params, skip_if_exists=True)
+        finals = source.user_attrs.get("final_scores", {})
+        values = {t.number: t.value for t in source.get_trials(deepcopy=False)}
+        for n, params in zip(numbers, queue):
+            score = finals.get(str(n)) if finals.get(str(n)) is not None else values[n]
+            # where it comes from and how it scored there (the train score, for confirm stages)
+            study.enqueue_trial(params, user_attrs={"source_trial": f"{stage.source}#{n}", "source_score": score},
+                                skip_if_exists=True)
         study.set_user_attr("sources_enqueued", True)
         log.info("stage %s: starts from trials %s of stage %s (%s)", stage.name, numbers, stage.source, stage.space)
     return space, (len(numbers) if stage.space == "top" else None)

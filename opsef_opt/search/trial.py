@@ -239,6 +239,8 @@ def run_trial(trial: optuna.Trial, ctx: TrialContext) -> float:
         ctx.tracker.finish(run_id, "FAILED", tags={"opsef.status": "failed", "opsef.error": reason})
         raise TrialFailed(reason) from e
     metrics["time_trial_s"] = time.perf_counter() - started
+    if trial.user_attrs.get("source_score") is not None:  # a pipeline handed over from an earlier stage
+        metrics["score.source"] = trial.user_attrs["source_score"]
     # one storage write for everything the leaderboard shows
     trial.set_user_attr("summary", {**_labels(pipeline), **{
         k: metrics[k] for k in ("n_objects_mean", "time_preprocess_s", "time_segment_s", "time_trial_s")}})
