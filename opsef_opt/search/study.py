@@ -105,17 +105,26 @@ def _pruner(name: str, n_items: int) -> optuna.pruners.BasePruner:
     return optuna.pruners.NopPruner()
 
 
-def open_study(settings: Settings, stage: StageSpec, n_items: int = 1) -> optuna.Study:
-    """Create or load the study on its RDB storage, with heartbeats enabled."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        storage = RDBStorage(
+def _storage(settings: Settings) -> RDBStorage:
+    """The study's RDB storage with heartbeats; a missing database driver is a one-line error."""
+    try:
+        return RDBStorage(
             settings.storage,
             engine_kwargs={"connect_args": {"timeout": 60}} if settings.storage.startswith("sqlite") else None,
             heartbeat_interval=settings.heartbeat_interval,
             grace_period=settings.heartbeat_grace,
             heartbeat_stale_trial_callback=_StaleTrialHandler(settings.tracking_uri),
         )
+    except ImportError as e:
+        hint = " (pip install 'opsef-opt[postgres]')" if settings.storage.startswith("postgresql") else ""
+        raise StudyError(f"storage={settings.storage}: its database driver is not installed{hint}: {e}") from None
+
+
+def open_study(settings: Settings, stage: StageSpec, n_items: int = 1) -> optuna.Study:
+    """Create or load the study on its RDB storage, with heartbeats enabled."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        storage = _storage(settings)
     name = f"{settings.study.name}/{stage.name}"
     try:
         n_existing = len(optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False))

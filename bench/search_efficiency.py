@@ -1,0 +1,171 @@
+"""How many model evaluations does the staged search need, compared with the exhaustive grid?
+
+On the shared ground-truth images (DSB 2018 256x256, MitoCheck, StarDist's
+DSB 512x512), a space of 128 pipelines (16 preprocessings x 6 classical +
+2 U-Net settings) is first searched exhaustively (one grid stage). Then the
+staged search of the OpSeF paper runs with several seeds: ``coarse`` = a grid
+over 8 conceptually distinct preprocessings x a coarse model grid (24
+pipelines), ``fine`` = TPE around coarse's top 5 (narrowed ranges, the top 5
+evaluated first). Printed: the evaluations the staged search needed to reach
+99 % of the grid's best GT F1, as a share of the grid's evaluations (target
+<= 25 %), the best score each reaches, wall times, and the speed-up of
+``n_workers=2`` over 1 on the grid.
+
+Both run through the real CLI (``python -m opsef_opt``) in a temporary
+folder; the objective is GT F1 so the two are comparable.
+
+Usage: python bench/search_efficiency.py [--seeds 0,1,2] [--fine-trials 16] [--skip-workers]
+"""
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import optuna
+import tifffile
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+MODELS_FULL = """
+    classical:
+      params:
+        threshold: [otsu, li]
+        min_distance: [3, 5, 8]
+    unet:
+      family: bioimageio_unet
+      init: {package: unet2d_nuclei_broad}
+      params:
+        min_distance: [3, 6]
+"""
+MODELS_COARSE = """
+    classical:
+      params:
+        threshold: [otsu]
+        min_distance: [3, 8]
+    unet:
+      family: bioimageio_unet
+      init: {package: unet2d_nuclei_broad}
+      params:
+        min_distance: [3]
+"""
+PRE_FULL = """
+    filter: [none, {name: median, size: 3}, {name: gaussian, sigma: 1.0}, {name: gaussian, sigma: 2.0}]
+    background: [none, {name: tophat, radius: 15}]
+    histogram: [none, {name: clahe, clip_limit: 0.02}]
+"""
+PRE_COARSE = """
+    filter: [none, {name: gaussian, sigma: 1.0}]
+    background: [none, {name: tophat, radius: 15}]
+    histogram: [none, {name: clahe, clip_limit: 0.02}]
+"""
+
+
+def write_data(root: Path) -> Path:
+    """The GT images as <root>/images/*.tif + <root>/labels/*.tif."""
+    from stardist.data import test_image_nuclei_2d
+
+    (root / "images").mkdir(parents=True)
+    (root / "labels").mkdir()
+    for name in ("dsb2018_256", "mitocheck"):
+        tifffile.imwrite(root / "images" / f"{name}.tif", tifffile.imread(SHARED / "gt" / name / "image.tif"))
+        tifffile.imwrite(root / "labels" / f"{name}.tif", tifffile.imread(SHARED / "gt" / name / "labels.tif"))
+    img, mask = test_image_nuclei_2d(return_mask=True)
+    tifffile.imwrite(root / "images" / "dsb512.tif", img)
+    tifffile.imwrite(root / "labels" / "dsb512.tif", mask.astype(np.int32))
+    return root
+
+
+def study_yaml(name: str, data: Path, pre: str, models: str, stages: str) -> str:
+    return f"""name: {name}
+n_trials: 200
+seed: 0
+images:
+  folder: {data / 'images'}
+  labels:
+    folder: {data / 'labels'}
+search:
+  sampler: grid
+  preprocess:{pre}
+  models:{models}
+score:
+  objective: gt_f1
+stages:{stages}
+"""
+
+
+def run(work: Path, conf: Path, *overrides: str) -> float:
+    t0 = time.perf_counter()
+    p = subprocess.run([sys.executable, "-m", "opsef_opt", f"hydra.searchpath=[file://{conf}]", *overrides],
+                       cwd=work, capture_output=True, text=True)
+    if p.returncode != 0:
+        sys.exit(f"study failed: {overrides}\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}")
+    return time.perf_counter() - t0
+
+
+def trials(work: Path, study: str, stage: str) -> list[optuna.trial.FrozenTrial]:
+    s = optuna.load_study(study_name=f"{study}/{stage}", storage=f"sqlite:///{work}/studies/{study}/optuna.db")
+    return sorted(s.get_trials(states=(optuna.trial.TrialState.COMPLETE,)), key=lambda t: t.datetime_start)
+
+
+def loop_seconds(ts: list[optuna.trial.FrozenTrial]) -> float:
+    return (max(t.datetime_complete for t in ts) - min(t.datetime_start for t in ts)).total_seconds()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--fine-trials", type=int, default=16)
+    ap.add_argument("--skip-workers", action="store_true")
+    args = ap.parse_args()
+    root = Path(tempfile.mkdtemp(prefix="opsef-efficiency-"))
+    data = write_data(root / "data")
+    conf = root / "conf" / "study"
+    conf.mkdir(parents=True)
+    conf.joinpath("eff_grid.yaml").write_text(study_yaml("eff_grid", data, PRE_FULL, MODELS_FULL, "\n  search: {}"))
+    conf.joinpath("eff_staged.yaml").write_text(study_yaml(
+        "eff_staged", data, PRE_COARSE, MODELS_COARSE,
+        f"\n  coarse: {{}}\n  fine: {{from: coarse, space: refine, top_k: 5, n_trials: {args.fine_trials}}}"))
+
+    work = root / "grid1"
+    work.mkdir()
+    wall1 = run(work, conf.parent, "study=eff_grid")
+    grid = trials(work, "eff_grid", "search")
+    best = max(t.value for t in grid)
+    print(f"grid: {len(grid)} pipelines, best GT F1 {best:.4f}, wall {wall1:.1f} s "
+          f"(search loop {loop_seconds(grid):.1f} s), 1 worker")
+
+    needed = []
+    for seed in [int(s) for s in args.seeds.split(",")]:
+        work = root / f"staged{seed}"
+        work.mkdir()
+        wall = run(work, conf.parent, "study=eff_staged", f"seed={seed}")
+        order = trials(work, "eff_staged", "coarse") + trials(work, "eff_staged", "fine")
+        values = np.array([t.value for t in order])
+        hit = np.nonzero(values >= 0.99 * best)[0]
+        n = int(hit[0]) + 1 if hit.size else None
+        needed.append(n)
+        print(f"staged seed {seed}: {len(order)} evaluations, best {values.max():.4f} "
+              f"({values.max() / best:.1%} of grid best), reached 99 % after "
+              f"{n if n else 'never'}{f' ({n / len(grid):.0%} of the grid)' if n else ''}, wall {wall:.1f} s")
+    ok = [n for n in needed if n]
+    if ok:
+        print(f"staged search: median {np.median(ok):.0f} evaluations to 99 % of the grid's best = "
+              f"{np.median(ok) / len(grid):.0%} of the grid's {len(grid)} (reached in {len(ok)}/{len(needed)} seeds)")
+
+    if not args.skip_workers:
+        work = root / "grid2"
+        work.mkdir()
+        wall2 = run(work, conf.parent, "study=eff_grid", "n_workers=2")
+        grid2 = trials(work, "eff_grid", "search")
+        print(f"grid with n_workers=2: wall {wall2:.1f} s (search loop {loop_seconds(grid2):.1f} s); speed-up over 1 "
+              f"worker: wall {wall1 / wall2:.2f}x, search loop {loop_seconds(grid) / loop_seconds(grid2):.2f}x")
+    print(f"(outputs in {root})")
+
+
+if __name__ == "__main__":
+    main()
