@@ -196,7 +196,7 @@ def _enqueue_grid(study: optuna.Study, space: SearchSpec, seed: int) -> int:
     points = grid_points(space, seed)
     if not study.user_attrs.get("grid_enqueued"):
         for p in points:
-            study.enqueue_trial(p)
+            study.enqueue_trial(p, skip_if_exists=True)
         study.set_user_attr("grid_enqueued", True)
     return len(points)
 
