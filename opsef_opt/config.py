@@ -206,6 +206,8 @@ class Settings:
     tag_batch: int = 12
     #: worker processes on this machine sharing each stage
     n_workers: int = 1
+    #: delete this stage's trials and run it again
+    restart_stage: str | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     def stages_to_run(self) -> tuple[StageSpec, ...]:
@@ -607,7 +609,7 @@ _STUDY_KEYS = dict.fromkeys(
 )
 _TOP_KEYS = dict.fromkeys(
     ["mode", "study", "studies_dir", "n_trials", "seed", "storage", "tracking_uri",
-     "heartbeat", "log_artifacts", "leaderboard_rows", "stage", "tags_csv", "tag_batch", "n_workers"]
+     "heartbeat", "log_artifacts", "leaderboard_rows", "stage", "tags_csv", "tag_batch", "n_workers", "restart_stage"]
 )
 
 
@@ -646,6 +648,9 @@ def validate(cfg: DictConfig | Mapping, base: Path | None = None) -> Settings:
     stage = _typed("stage", raw.get("stage"), (str,), "a stage name", nullable=True)
     if stage is not None and stage not in [s.name for s in spec.stages]:
         raise ConfigError(f"stage={stage!r}: the study has the stages {', '.join(s.name for s in spec.stages)}")
+    restart = _typed("restart_stage", raw.get("restart_stage"), (str,), "a stage name", nullable=True)
+    if restart is not None and restart not in [s.name for s in spec.stages]:
+        raise ConfigError(f"restart_stage={restart!r}: the study has the stages {', '.join(s.name for s in spec.stages)}")
     tags_csv = raw.get("tags_csv")
     if tags_csv is not None:
         tags_csv = _path("tags_csv", tags_csv, base)
@@ -673,4 +678,5 @@ def validate(cfg: DictConfig | Mapping, base: Path | None = None) -> Settings:
         tags_csv=tags_csv,
         tag_batch=_int("tag_batch", raw.get("tag_batch", 12), 1),
         n_workers=_int("n_workers", raw.get("n_workers", 1), 1),
+        restart_stage=restart,
     )

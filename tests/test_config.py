@@ -63,6 +63,7 @@ def test_overrides_reach_settings(tmp_path):
         ("+study.stages={a: {}, b: {from: c, space: top}}", "study.stages.b.from='c': must name an earlier stage (a)"),
         ("+study.stages={a: {}, b: {from: a, space: refine, sampler: grid}}", "a refined space has continuous ranges"),
         ("+study.stages={a: {images: some}}", "study.stages.a.images='some'"),
+        ("restart_stage=nope", "restart_stage='nope': the study has the stages search"),
     ],
 )
 def test_bad_values_are_named(tmp_path, override, expected):

@@ -65,6 +65,14 @@ def test_top_k_of_coarse_define_and_seed_fine_and_confirm_runs_them_on_all_image
     assert r.returncode == 0, r.stdout + r.stderr
     assert [len(_stage(tmp_path, s).get_trials()) for s in ("coarse", "fine", "confirm")] == [12, 5, 2]
 
+    # restart_stage redoes one stage from scratch
+    first = {t.number: t.datetime_start for t in _stage(tmp_path, "confirm").get_trials()}
+    r = run_cli(*STAGED, "stage=confirm", "restart_stage=confirm", cwd=tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    again = _stage(tmp_path, "confirm")
+    assert len(again.get_trials()) == 2 and again.user_attrs["derived_from"] == top2
+    assert all(t.datetime_start > max(first.values()) for t in again.get_trials())
+
 
 def _fine_states(db) -> tuple[int, int]:
     try:

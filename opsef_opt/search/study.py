@@ -276,6 +276,8 @@ def run_stage(settings: Settings, stage: StageSpec, items: list[Item], space: Se
     """
     skipped = skipped or {}
     objective = _objective(settings, stage, items, tracker)
+    if settings.restart_stage == stage.name and not worker:
+        _delete_stage(settings, stage)
     study = open_study(settings, stage, len(items))
     _check_signature(study, settings, stage)
     budget = stage.n_trials
@@ -378,6 +380,18 @@ def _stage_space(settings: Settings, stage: StageSpec, study: optuna.Study, base
         study.set_user_attr("sources_enqueued", True)
         log.info("stage %s: starts from trials %s of stage %s (%s)", stage.name, numbers, stage.source, stage.space)
     return space, (len(numbers) if stage.space == "top" else None)
+
+
+def _delete_stage(settings: Settings, stage: StageSpec) -> None:
+    """restart_stage: forget the stage's trials and stored labels (its MLflow runs stay, for the record)."""
+    import shutil
+
+    name = f"{settings.study.name}/{stage.name}"
+    storage = _storage(settings)
+    if any(s.study_name == name for s in optuna.get_all_study_summaries(storage)):
+        optuna.delete_study(study_name=name, storage=storage)
+        log.info("stage %s restarted: its previous trials were deleted", name)
+    shutil.rmtree(settings.study_dir / "labels" / stage.name, ignore_errors=True)
 
 
 def _exists(study: optuna.Study, name: str) -> bool:
