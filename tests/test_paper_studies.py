@@ -12,6 +12,7 @@ installed package maps ``opsef_opt.conf`` to another checkout.
 """
 from __future__ import annotations
 
+import re
 import shlex
 from pathlib import Path
 
@@ -20,6 +21,7 @@ import optuna
 import pytest
 import tifffile
 from hydra import compose, initialize_config_module
+from optuna.trial import TrialState
 from omegaconf import OmegaConf
 from skimage import data as skdata
 from skimage.color import rgb2gray
@@ -89,8 +91,10 @@ def _standin(name: str, root: Path, small: bool) -> list[str]:
         labels = root / name / "labels"
         labels.mkdir()
         for stem, sub in (("Train_dsb2018", "dsb2018_256"), ("Test_mitocheck", "mitocheck")):
-            tifffile.imwrite(images / f"{stem}.tif", tifffile.imread(shared("gt", sub, "image.tif")))
-            tifffile.imwrite(labels / f"{stem}.tif", tifffile.imread(shared("gt", sub, "labels.tif")))
+            tifffile.imwrite(images / f"{stem}.tif", tifffile.imread(shared("gt", sub, "image.tif")),
+                             photometric="minisblack")
+            tifffile.imwrite(labels / f"{stem}.tif", tifffile.imread(shared("gt", sub, "labels.tif")),
+                             photometric="minisblack")
         return [f"study.images.folder={images}", f"+study.images.labels.folder={labels}"]
     elif name == "colon3d":
         full = tifffile.imread(shared("raw", "nuclei_3d_stack.tif"))  # Z, Y, X
@@ -103,7 +107,7 @@ def _standin(name: str, root: Path, small: bool) -> list[str]:
         parts = {"Train_ihc": full[:256, :256], "Test_ihc": full[256:384, 256:384]}
     elif name == "kidney":
         full = tifffile.imread(shared("raw", "he_example.tif"))  # H&E, Y X RGB
-        parts = {"Train_he": full[400:656, 400:656], "Test_he": full[800:928, 800:928]}
+        parts = {"Train_he": full[400:528, 400:656], "Test_he": full[800:928, 800:928]}
         if small:
             extra = ["study.reshape.tile={size: [128, 128]}"]
     else:  # pragma: no cover
@@ -111,7 +115,8 @@ def _standin(name: str, root: Path, small: bool) -> list[str]:
     if not small:
         parts = {next(iter(parts)): full}
     for stem, img in parts.items():
-        tifffile.imwrite(images / f"{stem}.tif", np.ascontiguousarray(img))
+        tifffile.imwrite(images / f"{stem}.tif", np.ascontiguousarray(img),
+                         photometric="rgb" if img.ndim == 3 and img.shape[-1] == 3 else "minisblack")
     return [f"study.images.folder={images}", *extra]
 
 
@@ -199,8 +204,9 @@ def test_paper_settings_of_each_study(tmp_path):
     items, _ = load_items(colon.study.images, colon.study.reshape)
     assert len(items) == 13 and {i.data.shape[0] for i in items} == {3, 1}  # 37 planes -> 12 x 3 + 1
 
-    epi = settings["epithelial"]
-    assert set(scales["epithelial"]["cellpose_cyto"]) >= {0.6, 0.8, 1.0, 1.4, 1.8, 2.0, 2.5, 3.0}
+    # runs 1 and 2 of the notebook; membrane stain: Cellpose's cell model, dark on bright: invert
+    assert scales["epithelial"]["cellpose_cyto"] == (0.6, 0.8, 1.0, 1.4, 1.8, 2.0, 2.5, 3.0)
+    assert scales["epithelial"]["cellpose_nuclei"] == scales["epithelial"]["cellpose_cyto"]
 
     muscle = settings["muscle"]
     assert muscle.study.reshape.bin == 2 and scales["muscle"]["cellpose_nuclei"] == (0.8, 1.0, 1.2, 1.4)
@@ -215,7 +221,6 @@ def test_paper_settings_of_each_study(tmp_path):
         "2D_paper_dsb2018", "2D_versatile_fluo"}
     items, _ = load_items(kidney.study.images, kidney.study.reshape)
     assert len(items) == 9 and all(i.axes == "YXC" and i.data.shape == (512, 512, 3) for i in items)
-    assert epi.study.search.preprocess["invert"]
 
 
 @pytest.mark.parametrize("name", ["muscle", "nuclei_small", "kidney"])
@@ -246,9 +251,9 @@ def test_study_runs_end_to_end_on_standin_data(workdir, name):
     overrides = _standin(name, workdir / "standin", small=True)
     r = run_cli(
         f"study={name}", SEARCHPATH, *overrides,
-        "n_trials=4",                          # coarse: 4 points of the grid
-        "study.stages.fine.top_k=2", "study.stages.fine.n_trials=3",  # 2 queued + 1 TPE proposal
-        "study.stages.confirm.top_k=2",
+        "n_trials=3",                                                 # coarse: 3 points of the grid
+        "study.stages.fine.top_k=1", "study.stages.fine.n_trials=2",  # the coarse best + 1 TPE proposal
+        "study.stages.confirm.top_k=1",                               # the fine best on all images
         cwd=workdir, timeout=180,
     )
     out = r.stdout + r.stderr
@@ -260,13 +265,17 @@ def test_study_runs_end_to_end_on_standin_data(workdir, name):
         assert (results / f"best_{stage}.yaml").is_file(), stage
     assert (results / "best.yaml").is_file()
     storage = f"sqlite:///{results / 'optuna.db'}"
-    n_complete = {}
+    finished = {}
     for stage in ("coarse", "fine", "confirm"):
-        trials = optuna.load_study(study_name=f"{name}/{stage}", storage=storage).get_trials()
-        assert all(t.state == optuna.trial.TrialState.COMPLETE for t in trials), (stage, [t.state for t in trials])
-        n_complete[stage] = len(trials)
-    assert n_complete == {"coarse": 4, "fine": 3, "confirm": 2}
+        trials = optuna.load_study(study_name=f"{name}/{stage}", storage=storage).get_trials(
+            states=(TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED))
+        # no pipeline of the study fails on its kind of image (e.g. RGB without a colour step)
+        assert all(t.state == TrialState.COMPLETE for t in trials), (stage, [t.state for t in trials])
+        finished[stage] = len(trials)
+    assert finished == {"coarse": 3, "fine": 2, "confirm": 1}
     # the coarse and fine stages search the Train_ image, confirm adds the Test_ one
-    assert f"stage {name}/coarse:" in out and f"stage {name}/confirm:" in out
+    n_items = {st: int(re.search(rf"stage {name}/{st}: (\d+) images/items", out).group(1))
+               for st in ("coarse", "fine", "confirm")}
+    assert n_items["coarse"] == n_items["fine"] < n_items["confirm"], n_items
     if name == "nuclei_small":
         assert "objective gt_f1" in out  # every stand-in image has ground truth
