@@ -8,14 +8,12 @@ MLflow run). The apply mode reads it; users can edit it.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import optuna
 import yaml
-from optuna.trial import TrialState
 
 from opsef_opt.config import ModelSpec, ReshapeSpec, SearchSpec
 from opsef_opt.preprocess import step_label
@@ -26,15 +24,9 @@ __all__ = ["best_trial", "pipeline_config", "write_best", "load_pipeline"]
 
 def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
     """The evaluated trial with the best final score (``score.final`` when the stage has one)."""
-    finals = study.user_attrs.get("final_scores", {})
+    from opsef_opt.search.derive import ranked_trials
 
-    def key(t: optuna.trial.FrozenTrial) -> float:
-        v = finals.get(str(t.number))
-        return v if v is not None and not math.isnan(v) else t.value
-
-    trials = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-              if t.user_attrs.get("value_source") != "tag"]
-    return max(trials, key=lambda t: (key(t), -t.number)) if trials else None
+    return next((t for t in ranked_trials(study) if t.user_attrs.get("value_source") != "tag"), None)
 
 
 def _plain(value: Any) -> Any:
