@@ -40,8 +40,8 @@ def run(cfg: DictConfig) -> int:
 
 
 def _search(settings: Settings) -> int:
-    from opsef_opt.search.leaderboard import leaderboard, print_leaderboard
-    from opsef_opt.search.study import NeedTags, StudyError, run_search
+    from opsef_opt.search.leaderboard import combined_leaderboard, leaderboard, print_leaderboard
+    from opsef_opt.search.study import NeedTags, StudyError, run_search, stage_studies
 
     try:
         studies = run_search(settings)
@@ -55,12 +55,15 @@ def _search(settings: Settings) -> int:
         print("\nopsef-opt: interrupted; run the same command again to continue the study.", file=sys.stderr)
         return 130
     tags = _tags(settings)
+    csv = settings.study_dir / "leaderboard.csv"
+    # the CSV covers every stage in storage, also those not run by this command (stage=NAME)
+    boards = {name: leaderboard(study, tags) for name, study in stage_studies(settings).items()}
+    csv.parent.mkdir(parents=True, exist_ok=True)
+    combined_leaderboard(boards).to_csv(csv, index=False)
     for study in studies:
         stage = study.study_name.rsplit("/", 1)[-1]
-        csv = settings.study_dir / ("leaderboard.csv" if len(settings.study.stages) == 1
-                                    else f"leaderboard_{stage}.csv")
-        print_leaderboard(leaderboard(study, tags), settings.leaderboard_rows, csv, f"study {study.study_name}",
-                          study.user_attrs.get("skipped_models"))
+        print_leaderboard(boards.get(stage, leaderboard(study, tags)), settings.leaderboard_rows, csv,
+                          f"study {study.study_name}", study.user_attrs.get("skipped_models"))
     uri = settings.tracking_uri
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
         uri = "sqlite:///" + str(Path(uri[len("sqlite:///"):]).resolve())

@@ -7,6 +7,7 @@ import sqlite3
 import time
 
 import optuna
+import pandas as pd
 import pytest
 
 from opsef_opt.search.derive import ranked_trials
@@ -72,6 +73,12 @@ def test_top_k_of_coarse_define_and_seed_fine_and_confirm_runs_them_on_all_image
     again = _stage(tmp_path, "confirm")
     assert len(again.get_trials()) == 2 and again.user_attrs["derived_from"] == top2
     assert all(t.datetime_start > max(first.values()) for t in again.get_trials())
+    # one leaderboard for all stages, also when this command ran only one of them
+    board = pd.read_csv(tmp_path / "studies" / "staged" / "leaderboard.csv")
+    assert board.groupby("stage").size().to_dict() == {"coarse": 12, "fine": 5, "confirm": 2}
+    assert list(dict.fromkeys(board["stage"])) == ["coarse", "fine", "confirm"]
+    best_fine = board[board["stage"] == "fine"].iloc[0]
+    assert best_fine["stage_rank"] == 1 and best_fine["trial"] == top2[0]
 
 
 def _fine_states(db) -> tuple[int, int]:

@@ -8,7 +8,7 @@ import optuna
 import pandas as pd
 from optuna.trial import TrialState
 
-__all__ = ["leaderboard", "print_leaderboard"]
+__all__ = ["combined_leaderboard", "leaderboard", "print_leaderboard"]
 
 
 def leaderboard(study: optuna.Study, tags: Mapping[str, str] | None = None) -> pd.DataFrame:
@@ -53,14 +53,31 @@ def leaderboard(study: optuna.Study, tags: Mapping[str, str] | None = None) -> p
     return df.reset_index(drop=True)
 
 
+def combined_leaderboard(boards: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
+    """All stages in one table: stage order kept, each stage ranked best first.
+
+    ``stage_rank`` is the rank among the stage's completed trials; scores of
+    different stages are comparable only when their objective and images
+    agree (``confirm`` scores all images, so its numbers are usually lower).
+    """
+    parts = []
+    for stage, df in boards.items():
+        if df.empty:
+            continue
+        df = df.copy()
+        ok = df["state"] == "COMPLETE"
+        df.insert(0, "stage_rank", pd.Series(range(1, int(ok.sum()) + 1), index=df.index[ok]).astype("Int64"))
+        df.insert(0, "stage", stage)
+        parts.append(df)
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+
+
 def print_leaderboard(df: pd.DataFrame, rows: int, csv_path: Path, title: str,
                       skipped_models: dict[str, str] | None = None) -> None:
-    """Print the top rows with rich and save the full table as CSV."""
+    """Print the top rows with rich; ``csv_path`` is where the full table was saved."""
     from rich.console import Console
     from rich.table import Table
 
-    csv_path.parent.mkdir(parents=True, exist_ok=True)
-    df.to_csv(csv_path, index=False)
     table = Table(title=title)
     finals = not df.empty and df["score_final"].notna().any()
     sources = not df.empty and df["source_score"].notna().any()

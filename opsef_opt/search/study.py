@@ -45,7 +45,7 @@ from opsef_opt.tags.seeding import seed_tagged
 from opsef_opt.track import Tracker
 from opsef_opt.track.recorder import Recorder
 
-__all__ = ["run_search", "run_stage", "open_study", "count_trials", "StudyError", "NeedTags"]
+__all__ = ["run_search", "run_stage", "open_study", "stage_studies", "count_trials", "StudyError", "NeedTags"]
 
 log = logging.getLogger("opsef_opt")
 
@@ -392,6 +392,14 @@ def _delete_stage(settings: Settings, stage: StageSpec) -> None:
         optuna.delete_study(study_name=name, storage=storage)
         log.info("stage %s restarted: its previous trials were deleted", name)
     shutil.rmtree(settings.study_dir / "labels" / stage.name, ignore_errors=True)
+
+
+def stage_studies(settings: Settings) -> dict[str, optuna.Study]:
+    """The study's stages that exist in storage, in the configured order."""
+    storage = _storage(settings)
+    names = {s.study_name for s in optuna.get_all_study_summaries(storage)}
+    return {stage.name: optuna.load_study(study_name=f"{settings.study.name}/{stage.name}", storage=storage)
+            for stage in settings.study.stages if f"{settings.study.name}/{stage.name}" in names}
 
 
 def _exists(study: optuna.Study, name: str) -> bool:
