@@ -36,7 +36,39 @@ def run(cfg: DictConfig) -> int:
         from opsef_opt.tags.terminal import tag_mode
 
         return tag_mode(settings)
+    if settings.mode in ("apply", "reimport"):
+        return _apply(settings)
     return _search(settings)
+
+
+def _apply(settings: Settings) -> int:
+    from opsef_opt.apply.run import EXIT_SOME_FAILED, ApplyError
+
+    try:
+        if settings.mode == "apply":
+            from opsef_opt.apply.run import run_apply
+
+            report = run_apply(settings)
+        else:
+            from opsef_opt.apply.reimport_mode import run_reimport
+
+            report = run_reimport(settings)
+    except (ApplyError, ConfigError) as e:
+        print(f"opsef-opt: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\nopsef-opt: interrupted; run the same command again: finished images are kept.", file=sys.stderr)
+        return 130
+    rate = f", {report.megapixels / report.seconds:.2f} Mpx/s" if report.seconds > 0 and report.megapixels else ""
+    print(f"\n{settings.mode}: {len(report.done)} image(s) done ({report.megapixels:.1f} Mpx in "
+          f"{report.seconds:.1f} s{rate}, {settings.n_workers} worker(s)), {len(report.skipped)} already done, "
+          f"{len(report.failed)} failed")
+    for line in report.failed.values():
+        print(f"  failed: {line}", file=sys.stderr)
+    print(f"Results: {report.run_dir.resolve()}  (images/<image>/: labels.ome.tif, overlay.png, regions.csv, "
+          f"rois.zip, objects.geojson; objects.csv/.parquet, plots/)")
+    print(f"MLflow run: {report.mlflow_run_id}")
+    return EXIT_SOME_FAILED if report.failed else 0
 
 
 def _search(settings: Settings) -> int:

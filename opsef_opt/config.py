@@ -28,7 +28,7 @@ __all__ = [
     "validate",
 ]
 
-MODES = ("search", "models", "tag")
+MODES = ("search", "models", "tag", "apply", "reimport")
 TAGS = ("correct", "over", "under", "failed")
 DEFAULT_TAG_VALUES = {"correct": 1.0, "over": 0.4, "under": 0.4, "failed": 0.0}
 SAMPLERS = ("auto", "grid", "tpe", "random")
@@ -181,6 +181,8 @@ class StudySpec:
     search: SearchSpec
     score: ScoreSpec
     stages: tuple[StageSpec, ...] = ()
+    #: study.apply (opsef_opt.apply.config.ApplySpec): the apply mode's tiles, filters, classes, exports
+    apply: Any = None
 
 
 @dataclass(frozen=True)
@@ -208,6 +210,16 @@ class Settings:
     n_workers: int = 1
     #: delete this stage's trials and run it again
     restart_stage: str | None = None
+    #: mode=apply: this pipeline file instead of the study's best.yaml
+    pipeline: Path | None = None
+    #: mode=apply: segment the images of this folder (or file) instead of the study's
+    input: Path | None = None
+    #: mode=apply/reimport: name of the output folder under studies/<study>/apply/
+    apply_run: str | None = None
+    #: mode=apply: address of a running Dask scheduler (tcp://host:port); None starts a local cluster
+    dask_scheduler: str | None = None
+    #: mode=reimport: folder with edited label images or ImageJ ROI zips
+    edited: Path | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     def stages_to_run(self) -> tuple[StageSpec, ...]:
@@ -605,11 +617,13 @@ def _stages(where: str, node: Any, default: StageSpec, search: SearchSpec) -> tu
 
 
 _STUDY_KEYS = dict.fromkeys(
-    ["name", "description", "data_source", "n_trials", "seed", "images", "reshape", "search", "score", "stages"]
+    ["name", "description", "data_source", "n_trials", "seed", "images", "reshape", "search", "score", "stages",
+     "apply"]
 )
 _TOP_KEYS = dict.fromkeys(
     ["mode", "study", "studies_dir", "n_trials", "seed", "storage", "tracking_uri",
-     "heartbeat", "log_artifacts", "leaderboard_rows", "stage", "tags_csv", "tag_batch", "n_workers", "restart_stage"]
+     "heartbeat", "log_artifacts", "leaderboard_rows", "stage", "tags_csv", "tag_batch", "n_workers", "restart_stage",
+     "pipeline", "input", "apply_run", "dask_scheduler", "edited"]
 )
 
 
@@ -642,6 +656,9 @@ def validate(cfg: DictConfig | Mapping, base: Path | None = None) -> Settings:
         search=_search("study.search", study.get("search") or {}),
         score=_score("study.score", study.get("score") or {}),
     )
+    from opsef_opt.apply.config import apply_spec
+
+    spec = replace(spec, apply=apply_spec("study.apply", study.get("apply"), base))
     n_trials = _int("n_trials", raw.get("n_trials"), 1)
     default_stage = StageSpec("search", spec.score.objective, spec.search.sampler, n_trials)
     spec = replace(spec, stages=_stages("study.stages", study.get("stages"), default_stage, spec.search))
@@ -656,6 +673,26 @@ def validate(cfg: DictConfig | Mapping, base: Path | None = None) -> Settings:
         tags_csv = _path("tags_csv", tags_csv, base)
         if not tags_csv.is_file():
             raise ConfigError(f"tags_csv={str(tags_csv)!r}: file not found")
+    files = {}
+    for key in ("pipeline", "input", "edited"):
+        value = raw.get(key)
+        files[key] = _path(key, value, base) if value is not None else None
+        if value is not None and not files[key].exists():
+            raise ConfigError(f"{key}={str(files[key])!r}: not found")
+    if files["pipeline"] is not None and not files["pipeline"].is_file():
+        raise ConfigError(f"pipeline={str(files['pipeline'])!r}: expected a pipeline YAML file (e.g. best.yaml)")
+    if files["edited"] is not None and not files["edited"].is_dir():
+        raise ConfigError(f"edited={str(files['edited'])!r}: expected a folder of label images or ROI zips")
+    apply_run = _typed("apply_run", raw.get("apply_run"), (str,), "a folder name", nullable=True)
+    if apply_run is not None and (not apply_run or "/" in apply_run or apply_run.startswith(".")):
+        raise ConfigError(f"apply_run={apply_run!r}: expected a plain folder name")
+    scheduler = _typed("dask_scheduler", raw.get("dask_scheduler"), (str,), "an address like tcp://host:8786",
+                       nullable=True)
+    if scheduler is not None and "://" not in scheduler:
+        raise ConfigError(f"dask_scheduler={scheduler!r}: expected an address like tcp://host:8786")
+    mode = _choice("mode", raw.get("mode", "search"), MODES)
+    if mode == "reimport" and files["edited"] is None:
+        raise ConfigError("mode=reimport needs edited=<folder with the edited label images or ROI zips>")
     hb = raw.get("heartbeat") or {}
     _keys("heartbeat", hb, {"interval": 2, "grace": 6})
     interval = _int("heartbeat.interval", hb.get("interval", 2), 1)
@@ -663,7 +700,7 @@ def validate(cfg: DictConfig | Mapping, base: Path | None = None) -> Settings:
     if grace <= interval:
         raise ConfigError(f"heartbeat.grace={grace}: must be larger than heartbeat.interval={interval}")
     return Settings(
-        mode=_choice("mode", raw.get("mode", "search"), MODES),
+        mode=mode,
         study=spec,
         studies_dir=_path("studies_dir", raw.get("studies_dir", "studies"), base),
         n_trials=n_trials,
@@ -679,4 +716,9 @@ def validate(cfg: DictConfig | Mapping, base: Path | None = None) -> Settings:
         tag_batch=_int("tag_batch", raw.get("tag_batch", 12), 1),
         n_workers=_int("n_workers", raw.get("n_workers", 1), 1),
         restart_stage=restart,
+        pipeline=files["pipeline"],
+        input=files["input"],
+        apply_run=apply_run,
+        dask_scheduler=scheduler,
+        edited=files["edited"],
     )

@@ -1,0 +1,330 @@
+"""The apply mode: the chosen pipeline over a whole dataset, tile by tile, resumable.
+
+``python -m opsef_opt study=NAME mode=apply`` reads ``studies/NAME/best.yaml``
+(or ``pipeline=FILE``), segments every image of the study (or of
+``input=FOLDER``) in overlapping tiles, stitches each image into one label
+image and writes the per-image outputs, a combined object table, analysis
+plots and an MLflow run under ``studies/NAME/apply/<run>/``.
+
+Tiles run in this process (``n_workers=1``), on a local Dask cluster of
+``n_workers`` processes, or on an existing Dask cluster
+(``dask_scheduler=tcp://host:port``, e.g. started with dask-jobqueue on
+SLURM). The driver stitches each image as its tiles arrive, in tile order, so
+the result does not depend on which worker finished first. An image whose
+folder holds ``done.json`` is skipped on a re-run; one that fails is
+reported and the others finish.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import pandas as pd
+
+from opsef_opt.apply.analyse import analyse_image, image_dir, is_done, mark_done
+from opsef_opt.apply.source import Source, list_sources
+from opsef_opt.apply.tiles import Stitcher, TileBox, plan_tiles
+from opsef_opt.config import ReshapeSpec, Settings
+from opsef_opt.search.space import Pipeline
+
+__all__ = ["ApplyError", "ApplyReport", "run_apply", "resolve_pipeline", "input_files", "finish_dataset"]
+
+log = logging.getLogger("opsef_opt")
+
+#: exit code when some images failed (the others were written)
+EXIT_SOME_FAILED = 4
+
+
+class ApplyError(Exception):
+    """The apply mode cannot start (no pipeline, no images); the message says what to do."""
+
+
+@dataclass
+class ApplyReport:
+    run_dir: Path
+    done: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+    megapixels: float = 0.0
+    seconds: float = 0.0
+    n_tiles: int = 0
+    mlflow_run_id: str = ""
+
+
+def resolve_pipeline(settings: Settings) -> tuple[Pipeline, ReshapeSpec, Path, str]:
+    """The pipeline to apply: ``pipeline=FILE`` or the study's ``best.yaml``."""
+    from opsef_opt.search.best import load_pipeline
+
+    path = settings.pipeline or settings.study_dir / "best.yaml"
+    if not path.is_file():
+        raise ApplyError(f"{path} not found: run the search first (python -m opsef_opt study={settings.study.name}) "
+                         f"or give a pipeline file with pipeline=path/to/best.yaml")
+    pipeline, reshape = load_pipeline(path)
+    return pipeline, reshape, path, path.read_text()
+
+
+def input_files(settings: Settings) -> list[Path]:
+    """``input=`` (a folder, read with the study's pattern, or one file), else the study's images."""
+    from opsef_opt.io.dataset import list_files
+
+    if settings.input is None:
+        files = list_files(settings.study.images)
+        where = settings.study.images.folder or "study.images.files"
+    elif settings.input.is_dir():
+        files = sorted(p for p in settings.input.glob(settings.study.images.pattern) if p.is_file())
+        where = settings.input / settings.study.images.pattern
+    else:
+        files, where = [settings.input], settings.input
+    if not files:
+        raise ApplyError(f"no image found in {where}; check the folder and study.images.pattern")
+    return files
+
+
+def _run_name(settings: Settings, pipeline_text: str, files: list[Path]) -> str:
+    if settings.apply_run:
+        return settings.apply_run
+    key = hashlib.sha1((pipeline_text + "\n".join(str(f.resolve()) for f in files)).encode()).hexdigest()[:8]
+    stem = settings.pipeline.stem if settings.pipeline else "best"
+    return f"{stem}-{key}"
+
+
+# ---------------------------------------------------------------- execution
+
+
+def _local(tasks: list[tuple[Source, TileBox]], pipeline: Pipeline, quantify: tuple[int, ...]) -> Iterator:
+    from opsef_opt.apply.worker import segment_window
+
+    for source, box in tasks:
+        try:
+            yield source, box, segment_window(source, pipeline, box, quantify)
+        except Exception as e:  # reported per image; the others go on
+            yield source, box, e
+
+
+def _dask(tasks: list[tuple[Source, TileBox]], pipeline: Pipeline, quantify: tuple[int, ...],
+          settings: Settings) -> Iterator:
+    from distributed import Client, LocalCluster, as_completed
+
+    from opsef_opt.apply.worker import segment_window
+
+    if settings.dask_scheduler:
+        client, cluster = Client(settings.dask_scheduler, timeout=30), None
+    else:
+        from opsef_opt.segment.device import share_cpus
+
+        share_cpus(settings.n_workers)  # worker processes inherit their share of the cores
+        cluster = LocalCluster(n_workers=settings.n_workers, threads_per_worker=1, processes=True,
+                               dashboard_address=None, silence_logs=logging.ERROR)
+        client = Client(cluster)
+    try:
+        futures = {}
+        for priority, (source, box) in enumerate(tasks):
+            f = client.submit(segment_window, source, pipeline, box, quantify, pure=False, priority=-priority)
+            futures[f] = (source, box)
+        for f in as_completed(futures):
+            source, box = futures.pop(f)
+            try:
+                yield source, box, f.result()
+            except Exception as e:
+                yield source, box, e
+            f.release()
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
+
+
+@dataclass
+class _Image:
+    """An image being stitched: tiles arrive in any order and are pasted in tile order."""
+
+    source: Source
+    boxes: list[TileBox]
+    out: np.ndarray
+    stitcher: Stitcher
+    raw_path: Path | None
+    pending: dict[int, Any] = field(default_factory=dict)
+    tables: list[pd.DataFrame] = field(default_factory=list)
+    next: int = 0
+    conflicts: int = 0
+    truncated: int = 0
+    seconds: float = 0.0
+    error: str = ""
+
+
+def _new_image(source: Source, boxes: list[TileBox], folder: Path) -> _Image:
+    folder.mkdir(parents=True, exist_ok=True)
+    raw = None
+    if len(boxes) > 1:  # whole-slide images: the stitched labels live on disk, not in memory
+        raw = folder / ".labels.int32"
+        out = np.memmap(raw, dtype=np.int32, mode="w+", shape=source.shape_yx)
+    else:
+        out = np.zeros(source.shape_yx, np.int32)
+    return _Image(source, boxes, out, Stitcher(out), raw)
+
+
+def _paste(img: _Image, result) -> None:
+    img.pending[result.box.index] = result
+    while img.next in img.pending:
+        r = img.pending.pop(img.next)
+        report = img.stitcher.add(r.box, r.kept)
+        img.conflicts += report.conflict_px
+        img.truncated += getattr(report, "truncated", 0)
+        table = r.table[r.table["label"].isin(report.id_map.keys())].copy()
+        table["label"] = table["label"].map(report.id_map).astype(int)
+        img.tables.append(table)
+        img.seconds += r.seconds
+        img.next += 1
+
+
+def run_apply(settings: Settings) -> ApplyReport:
+    """Segment every image not done yet, write its outputs, then the dataset's table, plots and MLflow run."""
+    pipeline, reshape, path, text = resolve_pipeline(settings)
+    files = input_files(settings)
+    sources, problems = list_sources(settings.study.images, reshape, files)
+    for p in problems:
+        log.warning("%s", p)
+    run_dir = settings.study_dir / "apply" / _run_name(settings, text, files)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "pipeline.yaml").write_text(text)
+    report = ApplyReport(run_dir, failed={p.split(":")[0]: p for p in problems})
+    spec = settings.study.apply
+    todo = [s for s in sources if not is_done(run_dir, s.name)]
+    report.skipped = [s.name for s in sources if is_done(run_dir, s.name)]
+    if report.skipped:
+        log.info("%d image(s) already done in %s are skipped", len(report.skipped), run_dir)
+    tasks, images = [], {}
+    for s in todo:
+        boxes = plan_tiles(s.shape_yx, spec.tile.size, spec.tile.overlap)
+        images[s.name] = _new_image(s, boxes, image_dir(run_dir, s.name))
+        tasks += [(s, b) for b in boxes]
+    report.n_tiles = len(tasks)
+    log.info("apply %s (%s) to %d image(s), %d tile(s), %d worker(s) -> %s", path, pipeline.label, len(todo),
+             len(tasks), settings.n_workers, run_dir)
+    from tqdm import tqdm
+
+    t0 = time.perf_counter()
+    execute = (_local(tasks, pipeline, spec.quantify) if settings.n_workers == 1 and not settings.dask_scheduler
+               else _dask(tasks, pipeline, spec.quantify, settings))
+    bar = tqdm(total=len(tasks), unit="tile", desc="apply", file=sys.stderr, dynamic_ncols=True, mininterval=1.0)
+    with bar:
+        for source, box, result in execute:
+            bar.update(1)
+            img = images.get(source.name)
+            if img is None:  # already failed
+                continue
+            if isinstance(result, Exception):
+                report.failed[source.name] = f"{source.name}: tile {box.index} ({box.window}): " \
+                                             f"{type(result).__name__}: {result}"
+                log.error("image %s failed: %s", source.name, report.failed[source.name])
+                _drop(images.pop(source.name))
+                continue
+            _paste(img, result)
+            if img.next == len(img.boxes):
+                del images[source.name]
+                try:
+                    _finish(img, pipeline, path, settings, run_dir)
+                    report.done.append(source.name)
+                    report.megapixels += source.shape_yx[0] * source.shape_yx[1] / 1e6
+                except Exception as e:
+                    report.failed[source.name] = f"{source.name}: writing outputs: {type(e).__name__}: {e}"
+                    log.error("image %s failed: %s", source.name, report.failed[source.name])
+                finally:
+                    _drop(img)
+            bar.set_postfix(images=f"{len(report.done)}/{len(todo)}", failed=len(report.failed))
+    report.seconds = time.perf_counter() - t0
+    finish_dataset(settings, run_dir, report, {"pipeline": pipeline.label, "pipeline_file": str(path),
+                                               "mode": "apply"})
+    return report
+
+
+def _drop(img: _Image) -> None:
+    if img.raw_path is not None:
+        del img.stitcher, img.out
+        img.raw_path.unlink(missing_ok=True)
+
+
+def _finish(img: _Image, pipeline: Pipeline, path: Path, settings: Settings, run_dir: Path) -> None:
+    from opsef_opt.post.props import region_properties
+
+    source = img.source
+    if isinstance(img.out, np.memmap):
+        img.out.flush()
+    tables = [t for t in img.tables if len(t)]
+    table = pd.concat(tables, ignore_index=True) if tables else region_properties(np.zeros((1, 1), np.int32))
+    provenance = {"image": source.name, "source": source.path, "pipeline": pipeline.label,
+                  "pipeline_file": str(path), "study": settings.study.name, "tool": "opsef-opt",
+                  "tiles": len(img.boxes), "tile": [settings.study.apply.tile.size, settings.study.apply.tile.overlap],
+                  "conflict_px": img.conflicts, "truncated": img.truncated, "seconds_segment": round(img.seconds, 3),
+                  "pixel_size_um": source.pixel_size_um}
+    if img.truncated:
+        log.warning("%s: %d object(s) touched an inner tile border; raise study.apply.tile.overlap above the "
+                    "largest object's diameter", source.name, img.truncated)
+    out = image_dir(run_dir, source.name)
+    summary = analyse_image(source, img.out, table, settings.study.apply, out, provenance)
+    mark_done(out, summary)
+
+
+def finish_dataset(settings: Settings, run_dir: Path, report: ApplyReport, tags: dict[str, str]) -> None:
+    """The dataset's object table (CSV + Parquet), analysis plots and the MLflow run with everything."""
+    import json
+
+    summaries, kept, removed = [], [], []
+    for done in sorted((run_dir / "images").glob("*/done.json")):
+        summaries.append(json.loads(done.read_text()))
+        kept.append(pd.read_csv(done.parent / "regions.csv"))
+        if (done.parent / "removed.csv").stat().st_size > 1:
+            removed.append(pd.read_csv(done.parent / "removed.csv"))
+    frames = [f for f in kept if len(f)]
+    objects = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    objects.to_csv(run_dir / "objects.csv", index=False)
+    objects.to_parquet(run_dir / "objects.parquet", index=False)
+    frames = [f for f in removed if len(f)]
+    if frames:
+        pd.concat(frames, ignore_index=True).to_csv(run_dir / "removed.csv", index=False)
+    pd.DataFrame(summaries).to_csv(run_dir / "images.csv", index=False)
+    analysis = settings.study.apply.analysis
+    if analysis is not None and len(objects):
+        from opsef_opt.post.analysis import analysis_plots
+
+        _, clustered = analysis_plots(objects, run_dir / "plots", scatter=analysis.scatter,
+                                      features=analysis.features, pca=analysis.pca, tsne=analysis.tsne,
+                                      cluster=dict(analysis.cluster) if analysis.cluster else None, seed=settings.seed)
+        if "cluster" in clustered.columns:
+            clustered.to_csv(run_dir / "objects.csv", index=False)
+            clustered.to_parquet(run_dir / "objects.parquet", index=False)
+    if report.failed:
+        (run_dir / "failed.txt").write_text("\n".join(report.failed.values()) + "\n")
+    report.mlflow_run_id = _log_mlflow(settings, run_dir, report, tags, len(objects))
+
+
+def _log_mlflow(settings: Settings, run_dir: Path, report: ApplyReport, tags: dict[str, str], n_objects: int) -> str:
+    from opsef_opt.track import Tracker
+
+    tracker = Tracker(settings.tracking_uri, settings.studies_dir / "mlartifacts", settings.study.name,
+                      settings.study.description)
+    run = tracker.client.create_run(tracker.experiment_id, run_name=f"{tags.get('mode', 'apply')} {run_dir.name}",
+                                    tags={"opsef.mode": tags.get("mode", "apply"), "opsef.apply_run": run_dir.name})
+    run_id = run.info.run_id
+    metrics = {"n_images": len(report.done) + len(report.skipped), "n_failed": len(report.failed),
+               "n_objects": n_objects, "n_tiles": report.n_tiles, "megapixels": report.megapixels,
+               "seconds": report.seconds}
+    if report.seconds > 0 and report.megapixels:
+        metrics["megapixels_per_s"] = report.megapixels / report.seconds
+    tracker.log(run_id, metrics=metrics, params={"n_workers": settings.n_workers, **tags},
+                tags={"failed": "\n".join(report.failed.values()) or "none"})
+    staging = [p for p in run_dir.iterdir() if not p.name.startswith(".")]
+    for p in staging:
+        if p.is_dir():
+            tracker.client.log_artifacts(run_id, str(p), p.name)
+        else:
+            tracker.client.log_artifact(run_id, str(p))
+    tracker.finish(run_id, "FINISHED" if not report.failed else "FAILED")
+    return run_id
+
