@@ -258,9 +258,10 @@ def test_analysis_plots_pca_tsne_clusters(dsb, dsb_table, tmp_path):
     np.testing.assert_array_equal(again["cluster"], out["cluster"])
     assert "cluster" not in table.columns
 
-    _, agg = analysis_plots(table, tmp_path / "c", scatter=(), pca=False, tsne=False,
-                            cluster={"method": "agglomerative", "n_clusters": 2})
+    paths, agg = analysis_plots(table, tmp_path / "c", scatter=(("circularity", "solidity"),), pca=False,
+                                tsne=False, color_by="area", cluster={"method": "agglomerative", "n_clusters": 2})
     assert sorted(agg["cluster"].unique()) == [0, 1]
+    assert [p.name for p in paths] == ["scatter_circularity_vs_solidity.png"]
     with pytest.raises(ValueError, match="'bogus'.*available"):
         analysis_plots(table, tmp_path / "d", scatter=(("area", "bogus"),))
     with pytest.raises(ValueError, match="kmeans"):

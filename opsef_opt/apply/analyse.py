@@ -124,7 +124,10 @@ def analyse_image(source: Source, labels: np.ndarray, table: pd.DataFrame, spec:
         if exports.annotatorj:
             from opsef_opt.export.imagej import write_annotatorj
 
-            write_annotatorj(out.parent.parent / "annotatorj", source.name, source.read(), kept_arr)
+            image = source.read()
+            # AnnotatorJ opens one folder as one ImageJ stack: one folder per image size and type
+            group = "x".join(map(str, image.shape)) + f"_{image.dtype}"
+            write_annotatorj(out.parent.parent / "annotatorj" / group, source.name, image, kept_arr)
     summary = {"image": source.name, "source": source.path, "shape": list(source.shape_yx),
                "n_objects": int(len(table)), "n_kept": int(len(kept)), "n_removed": int(len(removed)),
                "classes": {str(k): int(v) for k, v in pd.Series(list(classes.values())).value_counts().items()},

@@ -237,7 +237,7 @@ def run_apply(settings: Settings) -> ApplyReport:
                     log.error("image %s failed: %s", source.name, report.failed[source.name])
                 finally:
                     _drop(img)
-            bar.set_postfix(images=f"{len(report.done)}/{len(todo)}", failed=len(report.failed))
+            bar.set_postfix(images=f"{len(report.done)}/{len(todo)}", failed=len(report.failed), refresh=False)
     report.seconds = time.perf_counter() - t0
     finish_dataset(settings, run_dir, report, {"pipeline": pipeline.label, "pipeline_file": str(path),
                                                "mode": "apply"})

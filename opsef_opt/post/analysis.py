@@ -212,9 +212,9 @@ def analysis_plots(
         out[f"{name}_1"] = np.nan
         out[f"{name}_2"] = np.nan
     reason = None
-    if scaled is None or len(kept) < 2:
+    if len(kept) < 2:
         reason = f"needs >= 2 usable features, has {len(kept)} ({kept})"
-    elif n_rows < MIN_OBJECTS:
+    elif scaled is None or n_rows < MIN_OBJECTS:
         reason = f"needs >= {MIN_OBJECTS} objects, has {n_rows}"
     if want and reason:
         log.warning("analysis: %s skipped: %s", " and ".join(want), reason)

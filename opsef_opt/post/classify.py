@@ -116,7 +116,7 @@ def classify_objects(
     else:
         coords = np.nonzero(fg)
         centre = [np.bincount(lab, weights=c, minlength=n)[ids] / count[ids] for c in coords]
-        pixel = tuple(np.floor(c).astype(np.int64) for c in centre)
+        pixel = tuple(np.floor(c + 0.5).astype(np.int64) for c in centre)
         inside = mask[pixel] if ids.size else np.zeros(0, bool)
     return pd.DataFrame({"label": ids.astype(np.int64),
                          "class": np.where(inside, names[0], names[1]).astype(object),

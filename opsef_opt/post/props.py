@@ -56,6 +56,8 @@ def _check_labels(labels: np.ndarray) -> np.ndarray:
         labels = labels.astype(np.int64)
     if labels.size and labels.min() < 0:
         raise ValueError("labels must be >= 0 (0 = background); found negative ids")
+    if labels.dtype == np.uint64:  # numpy's bincount (used for the vectorised measures) needs int64
+        labels = labels.astype(np.int64)
     return labels
 
 
@@ -177,7 +179,8 @@ def region_properties(
         size = np.broadcast_to(np.asarray(pixel_size, dtype=float), (ndim,)) \
             if np.ndim(pixel_size) == 0 else np.asarray(tuple(pixel_size), dtype=float)
         if size.size != ndim or np.any(size <= 0):
-            raise ValueError(f"pixel_size {pixel_size!r} must be > 0: one number or one per axis ({ndim})")
+            raise ValueError(f"pixel_size {pixel_size!r} must be > 0: one number "
+                             f"or one per axis ({ndim})")
         if ndim == 3:
             table["volume_um3"] = area * float(np.prod(size))
         else:
