@@ -61,7 +61,8 @@ def _apply(settings: Settings) -> int:
         return 130
     rate = f", {report.megapixels / report.seconds:.2f} Mpx/s" if report.seconds > 0 and report.megapixels else ""
     print(f"\n{settings.mode}: {len(report.done)} image(s) done ({report.megapixels:.1f} Mpx in "
-          f"{report.seconds:.1f} s{rate}, {settings.n_workers} worker(s)), {len(report.skipped)} already done, "
+          f"{report.seconds:.1f} s{rate}, {settings.n_workers} worker(s), +{report.startup_seconds:.1f} s to start "
+          f"them), {len(report.skipped)} already done, "
           f"{len(report.failed)} failed")
     for line in report.failed.values():
         print(f"  failed: {line}", file=sys.stderr)

@@ -22,7 +22,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import pandas as pd
@@ -55,6 +55,7 @@ class ApplyReport:
     seconds: float = 0.0
     n_tiles: int = 0
     mlflow_run_id: str = ""
+    startup_seconds: float = 0.0
 
 
 def resolve_pipeline(settings: Settings) -> tuple[Pipeline, ReshapeSpec, Path, str]:
@@ -97,47 +98,98 @@ def _run_name(settings: Settings, pipeline_text: str, files: list[Path]) -> str:
 # ---------------------------------------------------------------- execution
 
 
-def _local(tasks: list[tuple[Source, TileBox]], pipeline: Pipeline, quantify: tuple[int, ...]) -> Iterator:
-    from opsef_opt.apply.worker import segment_window
+class _Executor:
+    """Runs calls in this process (one worker) or on a Dask cluster; yields (key, result or exception)."""
 
-    for source, box in tasks:
-        try:
-            yield source, box, segment_window(source, pipeline, box, quantify)
-        except Exception as e:  # reported per image; the others go on
-            yield source, box, e
+    def __init__(self, settings: Settings) -> None:
+        self.client = self.cluster = None
+        if settings.dask_scheduler:
+            from distributed import Client
 
+            self.client = Client(settings.dask_scheduler, timeout=30)
+        elif settings.n_workers > 1:
+            from distributed import Client, LocalCluster
 
-def _dask(tasks: list[tuple[Source, TileBox]], pipeline: Pipeline, quantify: tuple[int, ...],
-          settings: Settings) -> Iterator:
-    from distributed import Client, LocalCluster, as_completed
+            from opsef_opt.segment.device import share_cpus
 
-    from opsef_opt.apply.worker import segment_window
+            share_cpus(settings.n_workers)  # worker processes inherit their share of the cores
+            self.cluster = LocalCluster(n_workers=settings.n_workers, threads_per_worker=1, processes=True,
+                                        dashboard_address=None, silence_logs=logging.ERROR)
+            self.client = Client(self.cluster)
 
-    if settings.dask_scheduler:
-        client, cluster = Client(settings.dask_scheduler, timeout=30), None
-    else:
-        from opsef_opt.segment.device import share_cpus
+    def run(self, calls: list[tuple[Any, Callable, tuple]]) -> Iterator[tuple[Any, Any]]:
+        if self.client is None:
+            for key, fn, args in calls:
+                try:
+                    yield key, fn(*args)
+                except Exception as e:  # reported per image; the others go on
+                    yield key, e
+            return
+        from distributed import as_completed
 
-        share_cpus(settings.n_workers)  # worker processes inherit their share of the cores
-        cluster = LocalCluster(n_workers=settings.n_workers, threads_per_worker=1, processes=True,
-                               dashboard_address=None, silence_logs=logging.ERROR)
-        client = Client(cluster)
-    try:
-        futures = {}
-        for priority, (source, box) in enumerate(tasks):
-            f = client.submit(segment_window, source, pipeline, box, quantify, pure=False, priority=-priority)
-            futures[f] = (source, box)
+        futures = {self.client.submit(fn, *args, pure=False, priority=-i): key
+                   for i, (key, fn, args) in enumerate(calls)}
         for f in as_completed(futures):
-            source, box = futures.pop(f)
+            key = futures.pop(f)
             try:
-                yield source, box, f.result()
+                yield key, f.result()
             except Exception as e:
-                yield source, box, e
+                yield key, e
             f.release()
-    finally:
-        client.close()
-        if cluster is not None:
-            cluster.close()
+
+    def close(self) -> None:
+        if self.client is not None:
+            self.client.close()
+        if self.cluster is not None:
+            self.cluster.close()
+
+
+def _raw_range(source: Source, boxes: list[TileBox]) -> tuple[float, float]:
+    """The input's value range over the whole image, read tile core by tile core."""
+    from opsef_opt.preprocess.normalize import value_range
+
+    lo, hi = np.inf, -np.inf
+    for b in boxes:
+        y0, y1, x0, x1 = b.core
+        a, c = value_range(source.read_window((y0, y1, x0, x1)))
+        lo, hi = min(lo, a), max(hi, c)
+    return float(lo), float(hi)
+
+
+#: pixels sampled per image for image-wide statistics (thresholds, normalisation)
+STATS_SAMPLE = 2_000_000
+
+
+def _image_stats(executor: _Executor, pipeline: Pipeline, images: dict[str, "_Image"],
+                 failed: dict[str, str]) -> dict[str, Any]:
+    """Image-wide ranges and model statistics of every tiled image, so its tiles match the whole."""
+    from opsef_opt.apply.worker import merge_stats, window_stats
+
+    tiled = {name: img for name, img in images.items() if len(img.boxes) > 1}
+    ranges, calls = {}, []
+    for name, img in tiled.items():
+        try:
+            ranges[name] = _raw_range(img.source, img.boxes)
+        except Exception as e:
+            failed[name] = f"{name}: reading: {type(e).__name__}: {e}"
+            continue
+        n = max(1000, STATS_SAMPLE // len(img.boxes))
+        calls += [(name, window_stats, (img.source, pipeline, b, ranges[name], n)) for b in img.boxes]
+    parts: dict[str, list] = {}
+    for name, result in executor.run(calls):
+        if isinstance(result, Exception):
+            failed.setdefault(name, f"{name}: image statistics: {type(result).__name__}: {result}")
+        else:
+            parts.setdefault(name, []).append(result)
+    stats = {}
+    for name, got in parts.items():
+        if name not in failed:
+            (name_, merged), = executor.run([(name, merge_stats, (pipeline, got, ranges[name]))])
+            if isinstance(merged, Exception):
+                failed[name] = f"{name}: image statistics: {type(merged).__name__}: {merged}"
+            else:
+                stats[name] = merged
+    return stats
 
 
 @dataclass
@@ -209,35 +261,48 @@ def run_apply(settings: Settings) -> ApplyReport:
              len(tasks), settings.n_workers, run_dir)
     from tqdm import tqdm
 
-    t0 = time.perf_counter()
-    execute = (_local(tasks, pipeline, spec.quantify) if settings.n_workers == 1 and not settings.dask_scheduler
-               else _dask(tasks, pipeline, spec.quantify, settings))
-    bar = tqdm(total=len(tasks), unit="tile", desc="apply", file=sys.stderr, dynamic_ncols=True, mininterval=1.0)
-    with bar:
-        for source, box, result in execute:
-            bar.update(1)
-            img = images.get(source.name)
-            if img is None:  # already failed
-                continue
-            if isinstance(result, Exception):
-                report.failed[source.name] = f"{source.name}: tile {box.index} ({box.window}): " \
-                                             f"{type(result).__name__}: {result}"
-                log.error("image %s failed: %s", source.name, report.failed[source.name])
-                _drop(images.pop(source.name))
-                continue
-            _paste(img, result)
-            if img.next == len(img.boxes):
-                del images[source.name]
-                try:
-                    _finish(img, pipeline, path, settings, run_dir)
-                    report.done.append(source.name)
-                    report.megapixels += source.shape_yx[0] * source.shape_yx[1] / 1e6
-                except Exception as e:
-                    report.failed[source.name] = f"{source.name}: writing outputs: {type(e).__name__}: {e}"
-                    log.error("image %s failed: %s", source.name, report.failed[source.name])
-                finally:
-                    _drop(img)
-            bar.set_postfix(images=f"{len(report.done)}/{len(todo)}", failed=len(report.failed), refresh=False)
+    from opsef_opt.apply.worker import segment_window
+
+    t_start = time.perf_counter()
+    executor = _Executor(settings)
+    report.startup_seconds = time.perf_counter() - t_start
+    t0 = time.perf_counter()  # throughput excludes starting the cluster (reported on its own)
+    try:
+        stats = _image_stats(executor, pipeline, images, report.failed)
+        for name in [n for n in images if n in report.failed]:
+            log.error("image %s failed: %s", name, report.failed[name])
+            _drop(images.pop(name))
+        calls = [(s.name, segment_window, (s, pipeline, b, spec.quantify, stats.get(s.name)))
+                 for s, b in tasks if s.name in images]
+        bar = tqdm(total=len(calls), unit="tile", desc="apply", file=sys.stderr, dynamic_ncols=True,
+                   mininterval=1.0)
+        with bar:
+            for name, result in executor.run(calls):
+                bar.update(1)
+                img = images.get(name)
+                if img is None:  # already failed
+                    continue
+                source = img.source
+                if isinstance(result, Exception):
+                    report.failed[name] = f"{name}: {type(result).__name__}: {result}"
+                    log.error("image %s failed: %s", name, report.failed[name])
+                    _drop(images.pop(name))
+                    continue
+                _paste(img, result)
+                if img.next == len(img.boxes):
+                    del images[name]
+                    try:
+                        _finish(img, pipeline, path, settings, run_dir, stats.get(name))
+                        report.done.append(name)
+                        report.megapixels += source.shape_yx[0] * source.shape_yx[1] / 1e6
+                    except Exception as e:
+                        report.failed[name] = f"{name}: writing outputs: {type(e).__name__}: {e}"
+                        log.error("image %s failed: %s", name, report.failed[name])
+                    finally:
+                        _drop(img)
+                bar.set_postfix(images=f"{len(report.done)}/{len(todo)}", failed=len(report.failed), refresh=False)
+    finally:
+        executor.close()
     report.seconds = time.perf_counter() - t0
     finish_dataset(settings, run_dir, report, {"pipeline": pipeline.label, "pipeline_file": str(path),
                                                "mode": "apply"})
@@ -250,7 +315,7 @@ def _drop(img: _Image) -> None:
         img.raw_path.unlink(missing_ok=True)
 
 
-def _finish(img: _Image, pipeline: Pipeline, path: Path, settings: Settings, run_dir: Path) -> None:
+def _finish(img: _Image, pipeline: Pipeline, path: Path, settings: Settings, run_dir: Path, stats) -> None:
     from opsef_opt.post.props import region_properties
 
     source = img.source
@@ -262,7 +327,8 @@ def _finish(img: _Image, pipeline: Pipeline, path: Path, settings: Settings, run
                   "pipeline_file": str(path), "study": settings.study.name, "tool": "opsef-opt",
                   "tiles": len(img.boxes), "tile": [settings.study.apply.tile.size, settings.study.apply.tile.overlap],
                   "conflict_px": img.conflicts, "truncated": img.truncated, "seconds_segment": round(img.seconds, 3),
-                  "pixel_size_um": source.pixel_size_um}
+                  "pixel_size_um": source.pixel_size_um,
+                  "image_stats": {"ranges": stats.ranges, "model": stats.model} if stats else "per image"}
     if img.truncated:
         log.warning("%s: %d object(s) touched an inner tile border; raise study.apply.tile.overlap above the "
                     "largest object's diameter", source.name, img.truncated)
@@ -314,7 +380,7 @@ def _log_mlflow(settings: Settings, run_dir: Path, report: ApplyReport, tags: di
     run_id = run.info.run_id
     metrics = {"n_images": len(report.done) + len(report.skipped), "n_failed": len(report.failed),
                "n_objects": n_objects, "n_tiles": report.n_tiles, "megapixels": report.megapixels,
-               "seconds": report.seconds}
+               "seconds": report.seconds, "startup_seconds": report.startup_seconds}
     if report.seconds > 0 and report.megapixels:
         metrics["megapixels_per_s"] = report.megapixels / report.seconds
     tracker.log(run_id, metrics=metrics, params={"n_workers": settings.n_workers, **tags},

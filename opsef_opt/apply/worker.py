@@ -16,7 +16,8 @@ from opsef_opt.apply.source import Source
 from opsef_opt.apply.tiles import TileBox, keep_core
 from opsef_opt.search.space import Pipeline
 
-__all__ = ["TileResult", "segment_window", "segment_labels"]
+__all__ = ["TileResult", "ImageStats", "WindowStats", "segment_window", "segment_labels", "window_stats",
+           "merge_stats"]
 
 
 @dataclass
@@ -30,14 +31,49 @@ class TileResult:
     seconds: float
 
 
-def segment_labels(pipeline: Pipeline, data: np.ndarray, axes: str) -> np.ndarray:
-    """Preprocess ``data`` and segment it with the pipeline's model: 2D int32 labels."""
-    from opsef_opt.preprocess import run_chain
+@dataclass
+class ImageStats:
+    """What a tile must know about its whole image to be processed like it.
+
+    ``ranges``: the value range of each normalisation of the preprocessing
+    chain (input, then after each step) over the whole image; ``model``: the
+    model's image-wide statistics (e.g. the U-Net's mean/std, a threshold).
+    """
+
+    ranges: list[tuple[float, float]]
+    model: dict[str, float]
+
+
+@dataclass
+class WindowStats:
+    """One tile's contribution to its image's :class:`ImageStats`."""
+
+    image: str
+    ranges: list[tuple[float, float]]
+    sample: np.ndarray  # stats-input pixels of the core, on the scale of the whole image's last range
+
+
+def _model_and_params(pipeline: Pipeline):
     from opsef_opt.segment import load_segmenter
 
-    image, out_axes = run_chain(data, axes, pipeline.steps)
     model = load_segmenter(pipeline.model.family, **pipeline.model.init)
-    labels = np.asarray(model(image, out_axes, **pipeline.model_params).labels)
+    full = {p.name: p.default for p in model.params}
+    full.update(pipeline.model_params)
+    return model, full
+
+
+def segment_labels(pipeline: Pipeline, data: np.ndarray, axes: str, stats: ImageStats | None = None) -> np.ndarray:
+    """Preprocess ``data`` and segment it with the pipeline's model: 2D int32 labels.
+
+    With ``stats`` (a tile of a larger image) the chain and the model use
+    the whole image's ranges and statistics instead of the tile's own.
+    """
+    from opsef_opt.preprocess import run_chain
+
+    image, out_axes = run_chain(data, axes, pipeline.steps, ranges=stats.ranges if stats else None)
+    model, _ = _model_and_params(pipeline)
+    labels = np.asarray(model(image, out_axes, stats=stats.model if stats else None,
+                              **pipeline.model_params).labels)
     if labels.ndim != 2:
         raise ValueError(f"the pipeline gives {labels.ndim}D labels; the apply mode tiles and stitches 2D label "
                          f"images (add a projection step for stacks)")
@@ -55,13 +91,47 @@ def raw_intensity(data: np.ndarray, axes: str) -> np.ndarray:
     return data
 
 
-def segment_window(source: Source, pipeline: Pipeline, box: TileBox, quantify: tuple[int, ...] = ()) -> TileResult:
+def window_stats(source: Source, pipeline: Pipeline, box: TileBox, raw_range: tuple[float, float],
+                 n_sample: int) -> WindowStats:
+    """Preprocess one tile with the image's input range; record its ranges and a pixel sample."""
+    from opsef_opt.preprocess import run_chain
+
+    data = source.read_window(box.window)
+    record: list[tuple[float, float]] = []
+    image, axes = run_chain(data, source.axes, pipeline.steps, ranges=[raw_range], record=record)
+    model, params = _model_and_params(pipeline)
+    values = np.asarray(model.stats_input(image, **params), np.float32)
+    y0, y1, x0, x1 = box.core
+    wy, wx = box.window[0], box.window[2]
+    core = values[..., y0 - wy: y1 - wy, x0 - wx: x1 - wx].ravel()
+    step = max(1, core.size // max(1, n_sample))
+    sample = core[::step].astype(np.float64)
+    # back to unscaled values: this tile's own last scaling (affine, so it commutes with stats_input)
+    lo, hi = record[-1] if pipeline.steps else raw_range
+    sample = sample * (hi - lo) + lo
+    return WindowStats(source.name, record, sample)
+
+
+def merge_stats(pipeline: Pipeline, parts: list[WindowStats], raw_range: tuple[float, float]) -> ImageStats:
+    """The whole image's :class:`ImageStats` from its tiles' contributions."""
+    n = len(pipeline.steps)
+    ranges = [raw_range] + [(min(p.ranges[i][0] for p in parts), max(p.ranges[i][1] for p in parts))
+                            for i in range(1, n + 1)]
+    lo, hi = ranges[-1]
+    sample = np.concatenate([p.sample for p in parts])
+    sample = np.clip((sample - lo) / (hi - lo), 0, 1) if hi > lo else np.zeros_like(sample)
+    model, params = _model_and_params(pipeline)
+    return ImageStats(ranges, model.image_stats(sample.astype(np.float32), **params))
+
+
+def segment_window(source: Source, pipeline: Pipeline, box: TileBox, quantify: tuple[int, ...] = (),
+                   stats: ImageStats | None = None) -> TileResult:
     """Segment ``box.window`` of ``source``; keep and measure the objects whose centroid is in ``box.core``."""
     from opsef_opt.post.props import region_properties
 
     t0 = time.perf_counter()
     data = source.read_window(box.window)
-    labels = segment_labels(pipeline, data, source.axes)
+    labels = segment_labels(pipeline, data, source.axes, stats)
     h, w = box.window[1] - box.window[0], box.window[3] - box.window[2]
     if labels.shape != (h, w):
         raise ValueError(f"the pipeline changed the image size ({(h, w)} -> {labels.shape}); "

@@ -39,7 +39,7 @@ import numpy as np
 
 from opsef_opt.params import check_kwargs
 
-from .normalize import normalize01
+from .normalize import normalize01, normalize_range, value_range
 from .registry import SLOTS, StepSpec, get_step
 
 __all__ = ["AXES", "run_chain", "validate_chain", "map_planes"]
@@ -140,7 +140,9 @@ def _apply(func: Callable, plane: np.ndarray, params: dict) -> np.ndarray:
 
 
 def run_chain(
-    image: np.ndarray, axes: str, steps: Sequence[tuple[str, str, dict]]
+    image: np.ndarray, axes: str, steps: Sequence[tuple[str, str, dict]],
+    ranges: Sequence[tuple[float, float] | None] | None = None,
+    record: list[tuple[float, float]] | None = None,
 ) -> tuple[np.ndarray, str]:
     """Normalise ``image`` and apply the preprocessing ``steps`` in slot order.
 
@@ -155,6 +157,13 @@ def run_chain(
     steps : sequence of (slot, name, params)
         At most one per slot, in :data:`SLOTS` order; ``params`` is a dict of
         keyword arguments (may be empty).
+    ranges : sequence of (low, high) or None, optional
+        One entry per normalisation (the input, then after each step): use
+        this value range instead of the array's own minimum and maximum. The
+        apply mode passes the whole image's ranges when it segments a tile,
+        so every tile is scaled like the whole image.
+    record : list, optional
+        Receives the (min, max) each normalisation found, in order.
 
     Returns
     -------
@@ -175,8 +184,16 @@ def run_chain(
     image = np.asarray(image)
     _check_image(image, axes)
     resolved = validate_chain(steps)
-    out = normalize01(image)
-    for spec, params in resolved:
+    ranges = list(ranges) if ranges is not None else []
+
+    def norm(x: np.ndarray, i: int) -> np.ndarray:
+        if record is not None:
+            record.append(value_range(x))
+        fixed = ranges[i] if i < len(ranges) else None
+        return normalize_range(x, *fixed) if fixed is not None else normalize01(x)
+
+    out = norm(image, 0)
+    for i, (spec, params) in enumerate(resolved, start=1):
         if spec.slot == "color" and spec.name != "none" and "C" not in axes:
             raise ValueError(
                 f"the image has axes {axes} and the color step {spec.name!r} needs "
@@ -186,5 +203,5 @@ def run_chain(
             out = map_planes(spec.func, out, axes, **params)
         else:
             out, axes = spec.func(out, axes, **params)
-        out = normalize01(out)
+        out = norm(out, i)
     return out, axes

@@ -68,7 +68,23 @@ class Segmenter(ABC):
     def segment(self, image: np.ndarray, **params: Any) -> Segmentation:
         """Segment a float32 image in [0, 1] (axes in ``input_axes``)."""
 
-    def __call__(self, image: np.ndarray, axes: str, **params: Any) -> Segmentation:
+    # -- whole-image statistics for tiles (apply mode) ---------------------------------------------
+    # A model that derives something from the whole image (a threshold, a normalisation) would
+    # derive it per tile when a large image is cut into tiles, and tiles would disagree. Such a
+    # model says what it measures: ``stats_input`` is the image the statistic is taken on (linear
+    # in the image), ``image_stats`` computes it from a sample of the whole image's pixels, and
+    # ``segment`` accepts the result as ``stats=``. The default: nothing image-wide to share.
+
+    def stats_input(self, image: np.ndarray, **params: Any) -> np.ndarray:
+        """The image whose pixels :meth:`image_stats` summarises (must commute with affine rescaling)."""
+        return image
+
+    def image_stats(self, sample: np.ndarray, **params: Any) -> dict[str, float]:
+        """Image-wide statistics from a 1D sample of :meth:`stats_input` pixels; {} when not needed."""
+        return {}
+
+    def __call__(self, image: np.ndarray, axes: str, stats: dict[str, float] | None = None,
+                 **params: Any) -> Segmentation:
         """Check the input axes, fill parameter defaults and segment."""
         if axes not in self.input_axes:
             raise ValueError(
@@ -78,7 +94,7 @@ class Segmenter(ABC):
             )
         full = {p.name: p.default for p in self.params}
         full.update(params)
-        result = self.segment(image, **full)
+        result = self.segment(image, **full, **({"stats": stats} if stats else {}))
         labels = np.asarray(result.labels)
         if labels.shape != image.shape[:2]:
             raise RuntimeError(

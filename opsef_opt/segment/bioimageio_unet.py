@@ -58,8 +58,15 @@ def _axes_index(axes: list[str], names) -> tuple[int, ...]:
     return tuple(axes.index(a) for a in names if a in axes)
 
 
-def apply_processing(x: np.ndarray, ops: list[dict], axes: list[str]) -> np.ndarray:
-    """Apply bioimage.io pre/post-processing operations to a tensor with named ``axes``."""
+def apply_processing(x: np.ndarray, ops: list[dict], axes: list[str],
+                     stats: dict[str, float] | None = None) -> np.ndarray:
+    """Apply bioimage.io pre/post-processing operations to a tensor with named ``axes``.
+
+    ``stats`` (``mean``/``std``, ``lo``/``hi``) replace the per-sample
+    statistics of ``zero_mean_unit_variance`` / ``scale_range``: a tile of a
+    large image is then normalised like the whole image.
+    """
+    stats = stats or {}
     for op in ops or []:
         name = op.get("id") or op.get("name")
         kw = op.get("kwargs") or {}
@@ -70,9 +77,13 @@ def apply_processing(x: np.ndarray, ops: list[dict], axes: list[str]) -> np.ndar
         elif name == "zero_mean_unit_variance":
             if kw.get("mean") is not None:
                 mean, std = np.asarray(kw["mean"]), np.asarray(kw["std"])
+            elif "mean" in stats:
+                mean, std = np.float32(stats["mean"]), np.float32(stats["std"])
             else:
                 mean, std = x.mean(axis=red, keepdims=True), x.std(axis=red, keepdims=True)
             x = (x - mean) / (std + eps)
+        elif name == "scale_range" and "lo" in stats:
+            x = (x - stats["lo"]) / (stats["hi"] - stats["lo"] + eps)
         elif name == "scale_range":
             lo = np.percentile(x, kw.get("min_percentile", 0.0), axis=red, keepdims=True)
             hi = np.percentile(x, kw.get("max_percentile", 100.0), axis=red, keepdims=True)
@@ -245,11 +256,11 @@ class BioimageioUNet(Segmenter):
         with torch.no_grad():
             return self._module(torch.from_numpy(x).to(self._device)).cpu().numpy()
 
-    def probability(self, image: np.ndarray) -> np.ndarray:
+    def probability(self, image: np.ndarray, stats: dict[str, float] | None = None) -> np.ndarray:
         """Foreground probability of a 2D image of any size (padding/tiling as the model needs)."""
         pkg = self.package
         x = np.asarray(image, np.float32)[None, None]
-        x = apply_processing(x, pkg.preprocessing, pkg.in_axes)
+        x = apply_processing(x, pkg.preprocessing, pkg.in_axes, stats)
         h, w = image.shape
         if pkg.tile is None:  # parametrised size: pad to the next valid size
             lo, step = pkg.step
@@ -280,9 +291,19 @@ class BioimageioUNet(Segmenter):
             out[..., y0 + top:y0 + th, x0 + left:x0 + tw] = pred[..., top:, left:]
         return out[..., :h, :w]
 
+    def image_stats(self, sample: np.ndarray, **params) -> dict[str, float]:
+        for op in self.package.preprocessing or []:
+            name, kw = op.get("id") or op.get("name"), op.get("kwargs") or {}
+            if name == "zero_mean_unit_variance" and kw.get("mean") is None:
+                return {"mean": float(sample.mean()), "std": float(sample.std())}
+            if name == "scale_range":
+                return {"lo": float(np.percentile(sample, kw.get("min_percentile", 0.0))),
+                        "hi": float(np.percentile(sample, kw.get("max_percentile", 100.0)))}
+        return {}
+
     def segment(self, image: np.ndarray, threshold: float = 0.5, min_distance: int = 5,
-                min_size: int = 20) -> Segmentation:
-        prob = self.probability(image)
+                min_size: int = 20, stats: dict[str, float] | None = None) -> Segmentation:
+        prob = self.probability(image, stats)
         labels = instances_from_probability(prob, threshold, min_distance, min_size)
         from scipy import ndimage as ndi
 

@@ -31,6 +31,7 @@ def threshold_watershed(
     min_distance: int = 5,
     min_size: int = 20,
     split: bool = True,
+    fixed_threshold: float | None = None,
 ) -> np.ndarray:
     """Segment bright objects on a dark background into an int32 label image.
 
@@ -53,6 +54,9 @@ def threshold_watershed(
     split : bool
         Split touching objects by watershed; ``False`` returns connected
         components of the foreground.
+    fixed_threshold : float, optional
+        Use this value instead of computing ``threshold`` on ``image`` (the
+        whole image's threshold, when ``image`` is one tile of it).
 
     Examples
     --------
@@ -68,7 +72,9 @@ def threshold_watershed(
         img = filters.gaussian(img, sigma=smooth_sigma, preserve_range=True)
     if float(img.max()) == float(img.min()):
         return np.zeros(img.shape, np.int32)
-    if threshold == "local":
+    if fixed_threshold is not None:
+        fg = img > fixed_threshold
+    elif threshold == "local":
         fg = img > filters.threshold_local(img, block_size=local_block, method="gaussian")
         # a local threshold also marks background texture: keep only above-global-minimum signal
         fg &= img > filters.threshold_triangle(img)
@@ -95,5 +101,15 @@ class ClassicalSegmenter(Segmenter):
         Param("split", "bool", True, help="split touching objects by watershed"),
     )
 
-    def segment(self, image: np.ndarray, **params) -> Segmentation:
-        return Segmentation(threshold_watershed(image, **params))
+    def segment(self, image: np.ndarray, stats: dict | None = None, **params) -> Segmentation:
+        fixed = (stats or {}).get("threshold")
+        return Segmentation(threshold_watershed(image, fixed_threshold=fixed, **params))
+
+    def stats_input(self, image: np.ndarray, smooth_sigma: float = 1.0, **params) -> np.ndarray:
+        img = np.asarray(image, np.float32)
+        return filters.gaussian(img, sigma=smooth_sigma, preserve_range=True) if smooth_sigma > 0 else img
+
+    def image_stats(self, sample: np.ndarray, threshold: str = "otsu", **params) -> dict[str, float]:
+        if threshold == "local" or sample.size == 0 or float(sample.max()) == float(sample.min()):
+            return {}  # a local threshold is local by design
+        return {"threshold": float(_THRESHOLDS[threshold](sample))}

@@ -349,9 +349,12 @@ class StarDistSegmenter(Segmenter):
         """Tiles per axis used for an image of ``shape`` (see :data:`MAX_TILE`)."""
         return n_tiles_for(shape, "YXC" if len(shape) == 3 else "YX", self.max_tile)
 
+    def image_stats(self, sample: np.ndarray, pmin: float = 1.0, pmax: float = 99.8, **params) -> dict[str, float]:
+        return {"lo": float(np.percentile(sample, pmin)), "hi": float(np.percentile(sample, pmax))}
+
     def segment(self, image: np.ndarray, prob_thresh: float | None = None, nms_thresh: float | None = None,
-                pmin: float = 1.0, pmax: float = 99.8) -> Segmentation:
-        from csbdeep.utils import normalize
+                pmin: float = 1.0, pmax: float = 99.8, stats: dict[str, float] | None = None) -> Segmentation:
+        from csbdeep.utils import normalize, normalize_mi_ma
 
         img = np.asarray(image, np.float32)
         axes = "YX" if img.ndim == 2 else "YXC"
@@ -359,7 +362,8 @@ class StarDistSegmenter(Segmenter):
             raise ValueError(f"StarDist model {self.folder} takes {self.n_channel_in} channels, "
                              f"got an image of shape {img.shape}")
         # one joint normalisation over all pixels (and channels, as StarDist does for H&E)
-        x = normalize(img, pmin, pmax, axis=None)
+        x = (normalize_mi_ma(img, stats["lo"], stats["hi"]) if stats  # a tile: the whole image's percentiles
+             else normalize(img, pmin, pmax, axis=None))
         n_tiles = self.n_tiles(img.shape)
         with self._scope():
             labels, details = self.model.predict_instances(
