@@ -122,3 +122,33 @@ def test_tests_study_config_is_found_through_searchpath(tmp_path):
     with initialize_config_module(config_module="opsef_opt.conf", version_base="1.3"):
         cfg = compose(config_name="config", overrides=["study=tiny", f"hydra.searchpath=[file://{TEST_CONF}]"])
     assert validate(cfg, base=Path(tmp_path)).study.name == "tiny"
+
+
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        ("+study.apply.tiles=1", "study.apply.tiles: unknown key"),
+        ("+study.apply.tile={size: 100, overlap: 50}", "must be larger than 2 x overlap"),
+        ("+study.apply.filter={area: [50, 10]}", "min 50.0 is greater than max 10.0"),
+        ("+study.apply.filter={area: 5}", "expected [min, max]"),
+        ("+study.apply.classify={mask: {sigma: 2}}", "either 'channel'"),
+        ("+study.apply.classify={mask: {channel: 1}, rule: nearest}", "study.apply.classify.rule='nearest'"),
+        ("+study.apply.classify={mask: {folder: no_such_masks}}", "folder not found"),
+        ("+study.apply.analysis={cluster: {method: dbscan}}", "expected one of kmeans, agglomerative"),
+        ("+study.apply.export={roi: true}", "study.apply.export.roi: unknown key"),
+        ("mode=reimport", "needs edited="),
+        ("mode=apply ; dask_scheduler=localhost", "expected an address like tcp://"),
+        ("mode=apply ; pipeline=missing.yaml", "not found"),
+    ],
+)
+def test_apply_settings_are_validated_before_work(tmp_path, override, expected):
+    with pytest.raises(ConfigError) as e:
+        validate(_compose(*override.split(" ; ")), base=tmp_path)
+    assert expected in str(e.value)
+
+
+def test_apply_defaults(tmp_path):
+    s = validate(_compose("mode=apply"), base=tmp_path)
+    a = s.study.apply
+    assert (a.tile.size, a.tile.overlap) == (2048, 96) and a.filter == {} and a.classify is None
+    assert a.export.imagej and a.export.qupath and a.analysis.pca

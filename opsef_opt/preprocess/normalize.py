@@ -28,26 +28,9 @@ def normalize01(image: np.ndarray) -> np.ndarray:
     arr = np.asarray(image)
     if arr.dtype == bool:
         arr = arr.astype(np.uint8)
-    out = arr.astype(np.float32, copy=True)
-    if out.size == 0:
-        return out
-    finite = np.isfinite(out)
-    all_finite = bool(finite.all())
-    if not all_finite:
-        if not finite.any():
-            return np.zeros(out.shape, np.float32)
-        out[~finite] = np.nan
-    # Range in float64: exact for every uint16/int32 value.
-    lo = float(np.nanmin(arr if all_finite else out))
-    hi = float(np.nanmax(arr if all_finite else out))
-    if not all_finite:
-        out[~finite] = lo
-    if hi <= lo:
-        return np.zeros(out.shape, np.float32)
-    out -= np.float32(lo)
-    out /= np.float32(hi - lo)
-    np.clip(out, 0.0, 1.0, out=out)
-    return out
+    if arr.size == 0:
+        return arr.astype(np.float32)
+    return normalize_range(arr, *value_range(arr))
 
 
 def value_range(image: np.ndarray) -> tuple[float, float]:
