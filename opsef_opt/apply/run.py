@@ -359,7 +359,8 @@ def finish_dataset(settings: Settings, run_dir: Path, report: ApplyReport, tags:
     if analysis is not None and len(objects):
         from opsef_opt.post.analysis import analysis_plots
 
-        _, clustered = analysis_plots(objects, run_dir / "plots", scatter=analysis.scatter,
+        color_by = "class" if "class" in objects.columns else ("cluster" if analysis.cluster else None)
+        _, clustered = analysis_plots(objects, run_dir / "plots", scatter=analysis.scatter, color_by=color_by,
                                       features=analysis.features, pca=analysis.pca, tsne=analysis.tsne,
                                       cluster=dict(analysis.cluster) if analysis.cluster else None, seed=settings.seed)
         if "cluster" in clustered.columns:
