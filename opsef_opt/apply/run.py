@@ -20,7 +20,7 @@ import hashlib
 import logging
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -116,6 +116,18 @@ class _Executor:
             self.cluster = LocalCluster(n_workers=settings.n_workers, threads_per_worker=1, processes=True,
                                         dashboard_address=None, silence_logs=logging.ERROR)
             self.client = Client(self.cluster)
+
+    def warm_up(self, pipeline: Pipeline) -> None:
+        """Load the model in every worker before timing starts (a failure surfaces with the first tile)."""
+        from opsef_opt.apply.worker import warm_up
+
+        try:
+            if self.client is None:
+                warm_up(pipeline)
+            else:
+                self.client.run(warm_up, pipeline)
+        except Exception as e:  # the tiles report it per image
+            log.debug("warm-up failed: %s", e)
 
     def run(self, calls: list[tuple[Any, Callable, tuple]]) -> Iterator[tuple[Any, Any]]:
         if self.client is None:
@@ -264,7 +276,10 @@ def run_apply(settings: Settings) -> ApplyReport:
     from opsef_opt.apply.worker import segment_window
 
     t_start = time.perf_counter()
-    executor = _Executor(settings)
+    # nothing left to do (a finished run re-run): no cluster to start
+    executor = _Executor(settings if todo else replace(settings, n_workers=1, dask_scheduler=None))
+    if todo:
+        executor.warm_up(pipeline)
     report.startup_seconds = time.perf_counter() - t_start
     t0 = time.perf_counter()  # throughput excludes starting the cluster (reported on its own)
     try:

@@ -16,7 +16,7 @@ from opsef_opt.apply.source import Source
 from opsef_opt.apply.tiles import TileBox, keep_core
 from opsef_opt.search.space import Pipeline
 
-__all__ = ["TileResult", "ImageStats", "WindowStats", "segment_window", "segment_labels", "window_stats",
+__all__ = ["TileResult", "ImageStats", "WindowStats", "segment_window", "segment_labels", "window_stats", "warm_up",
            "merge_stats"]
 
 
@@ -60,6 +60,14 @@ def _model_and_params(pipeline: Pipeline):
     full = {p.name: p.default for p in model.params}
     full.update(pipeline.model_params)
     return model, full
+
+
+def warm_up(pipeline: Pipeline) -> str:
+    """Import what tiles need and load the pipeline's model in this process (once per worker)."""
+    import opsef_opt.post.props  # noqa: F401  (measurements)
+
+    model, _ = _model_and_params(pipeline)
+    return type(model).__name__
 
 
 def segment_labels(pipeline: Pipeline, data: np.ndarray, axes: str, stats: ImageStats | None = None) -> np.ndarray:
