@@ -3,17 +3,11 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["eccentricity"]
+__all__ = ["eccentricity", "inertia_eigvals", "axis_lengths"]
 
 
-def eccentricity(labels: np.ndarray, ids: np.ndarray | None = None) -> np.ndarray:
-    """Eccentricity of each object in ``ids`` (default 1..max), as scikit-image defines it, for all at once.
-
-    From the eigenvalues l1 >= l2 of each object's pixel-coordinate covariance
-    (its inertia tensor): sqrt(1 - l2 / l1); 0 for a disc, towards 1 for a line.
-    scikit-image computes the same per object in Python, which dominated the
-    time to write a region table (30 ms for 50 nuclei vs. < 1 ms here).
-    """
+def inertia_eigvals(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Eigenvalues l1 >= l2 of every object's pixel-coordinate covariance, indexed by label (0..max)."""
     y, x = np.nonzero(labels)
     lab = labels[y, x]
     n = int(labels.max(initial=0)) + 1
@@ -24,6 +18,24 @@ def eccentricity(labels: np.ndarray, ids: np.ndarray | None = None) -> np.ndarra
     cyy, cxx, cxy = (np.bincount(lab, w, n) / safe for w in (dy * dy, dx * dx, dy * dx))
     half_trace = (cyy + cxx) / 2
     root = np.sqrt(np.maximum(((cyy - cxx) / 2) ** 2 + cxy**2, 0))
-    l1, l2 = half_trace + root, np.maximum(half_trace - root, 0)
+    return half_trace + root, np.maximum(half_trace - root, 0)
+
+
+def axis_lengths(labels: np.ndarray, ids: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Major and minor axis lengths (4 * sqrt of the eigenvalues, as scikit-image defines them)."""
+    l1, l2 = inertia_eigvals(labels)
+    major, minor = 4 * np.sqrt(l1), 4 * np.sqrt(l2)
+    return (major[1:], minor[1:]) if ids is None else (major[np.asarray(ids, int)], minor[np.asarray(ids, int)])
+
+
+def eccentricity(labels: np.ndarray, ids: np.ndarray | None = None) -> np.ndarray:
+    """Eccentricity of each object in ``ids`` (default 1..max), as scikit-image defines it, for all at once.
+
+    From the eigenvalues l1 >= l2 of each object's pixel-coordinate covariance
+    (its inertia tensor): sqrt(1 - l2 / l1); 0 for a disc, towards 1 for a line.
+    scikit-image computes the same per object in Python, which dominated the
+    time to write a region table (30 ms for 50 nuclei vs. < 1 ms here).
+    """
+    l1, l2 = inertia_eigvals(labels)
     ecc = np.where(l1 > 0, np.sqrt(np.clip(1 - l2 / np.where(l1 > 0, l1, 1), 0, 1)), 0.0)
     return ecc[1:] if ids is None else ecc[np.asarray(ids, dtype=int)]

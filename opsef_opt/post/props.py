@@ -18,7 +18,7 @@ import pandas as pd
 from scipy import ndimage as ndi
 from skimage.measure import regionprops_table
 
-from opsef_opt.measure import eccentricity
+from opsef_opt.measure import axis_lengths, eccentricity
 
 __all__ = ["region_properties", "PROPERTY_NAMES", "SHAPE_NAMES", "INTENSITY_NAMES"]
 
@@ -135,8 +135,19 @@ def region_properties(
     if labels.max(initial=0) == 0:
         return pd.DataFrame({c: pd.Series(dtype=np.int64 if c == "label" or c.startswith("bbox_") else float) for c in columns})
 
-    props = regionprops_table(labels, properties=_GEOMETRY)
-    ids = props.pop("label").astype(np.int64)
+    if ndim == 2:  # per-object Python work only where there is no vectorised form (hull, Crofton)
+        props = regionprops_table(labels, properties=("label", "bbox", "area", "solidity", "perimeter_crofton"))
+        ids = props.pop("label").astype(np.int64)
+        yy, xx = np.nonzero(labels)
+        lab = labels[yy, xx]
+        n = int(labels.max()) + 1
+        count = np.maximum(np.bincount(lab, minlength=n), 1)
+        props["centroid-0"] = (np.bincount(lab, yy, n) / count)[ids]
+        props["centroid-1"] = (np.bincount(lab, xx, n) / count)[ids]
+        props["axis_major_length"], props["axis_minor_length"] = axis_lengths(labels, ids)
+    else:
+        props = regionprops_table(labels, properties=_GEOMETRY)
+        ids = props.pop("label").astype(np.int64)
     axes = ("z", "y", "x") if ndim == 3 else ("y", "x")
     table = pd.DataFrame({"label": ids})
     for i, a in enumerate(axes):
@@ -148,7 +159,7 @@ def region_properties(
     area = props["area"].astype(float)
     table["area"] = area
     if ndim == 2:
-        perim = regionprops_table(labels, properties=("perimeter_crofton",))["perimeter_crofton"]
+        perim = props["perimeter_crofton"]
         table["perimeter"] = perim
         with np.errstate(divide="ignore", invalid="ignore"):
             circ = np.where(perim > 0, 4 * np.pi * area / perim**2, np.nan)
