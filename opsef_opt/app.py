@@ -64,6 +64,8 @@ def _apply(settings: Settings) -> int:
           f"{report.seconds:.1f} s{rate}, {settings.n_workers} worker(s), +{report.startup_seconds:.1f} s to start "
           f"them), {len(report.skipped)} already done, "
           f"{len(report.failed)} failed")
+    if report.phases:
+        print("  time: " + ", ".join(f"{k} {v:.1f} s" for k, v in report.phases.items()))
     for line in report.failed.values():
         print(f"  failed: {line}", file=sys.stderr)
     print(f"Results: {report.run_dir.resolve()}  (images/<image>/: labels.ome.tif, overlay.png, regions.csv, "

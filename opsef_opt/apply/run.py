@@ -56,6 +56,8 @@ class ApplyReport:
     n_tiles: int = 0
     mlflow_run_id: str = ""
     startup_seconds: float = 0.0
+    #: where the loop's time went: statistics pass, tiles (segmentation), outputs written by the driver
+    phases: dict[str, float] = field(default_factory=dict)
 
 
 def resolve_pipeline(settings: Settings) -> tuple[Pipeline, ReshapeSpec, Path, str]:
@@ -284,6 +286,7 @@ def run_apply(settings: Settings) -> ApplyReport:
     t0 = time.perf_counter()  # throughput excludes starting the cluster (reported on its own)
     try:
         stats = _image_stats(executor, pipeline, images, report.failed)
+        report.phases["statistics"] = time.perf_counter() - t0
         for name in [n for n in images if n in report.failed]:
             log.error("image %s failed: %s", name, report.failed[name])
             _drop(images.pop(name))
@@ -307,7 +310,9 @@ def run_apply(settings: Settings) -> ApplyReport:
                 if img.next == len(img.boxes):
                     del images[name]
                     try:
+                        t_out = time.perf_counter()
                         _finish(img, pipeline, path, settings, run_dir, stats.get(name))
+                        report.phases["outputs"] = report.phases.get("outputs", 0.0) + time.perf_counter() - t_out
                         report.done.append(name)
                         report.megapixels += source.shape_yx[0] * source.shape_yx[1] / 1e6
                     except Exception as e:
@@ -319,6 +324,7 @@ def run_apply(settings: Settings) -> ApplyReport:
     finally:
         executor.close()
     report.seconds = time.perf_counter() - t0
+    report.phases["tiles"] = report.seconds - sum(report.phases.values())
     finish_dataset(settings, run_dir, report, {"pipeline": pipeline.label, "pipeline_file": str(path),
                                                "mode": "apply"})
     return report
@@ -396,7 +402,8 @@ def _log_mlflow(settings: Settings, run_dir: Path, report: ApplyReport, tags: di
     run_id = run.info.run_id
     metrics = {"n_images": len(report.done) + len(report.skipped), "n_failed": len(report.failed),
                "n_objects": n_objects, "n_tiles": report.n_tiles, "megapixels": report.megapixels,
-               "seconds": report.seconds, "startup_seconds": report.startup_seconds}
+               "seconds": report.seconds, "startup_seconds": report.startup_seconds,
+               **{f"seconds_{k}": v for k, v in report.phases.items()}}
     if report.seconds > 0 and report.megapixels:
         metrics["megapixels_per_s"] = report.megapixels / report.seconds
     tracker.log(run_id, metrics=metrics, params={"n_workers": settings.n_workers, **tags},
