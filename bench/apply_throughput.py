@@ -113,7 +113,7 @@ def main() -> None:
     else:
         shutil.copy(SHARED / "raw" / "he_example.tif", work / "images" / "he_example.tif")
     (work / "pipeline.yaml").write_text(PIPELINES[args.pipeline])
-    print(f"pipeline: {PIPELINES[args.pipeline].splitlines()[0]}")
+    print(PIPELINES[args.pipeline].splitlines()[0])
     settings = [("untiled", 4096, 0, 1), ("tiled_1w", args.tile, args.overlap, 1),
                 ("tiled_2w", args.tile, args.overlap, 2)]
     best = {}
