@@ -190,15 +190,19 @@ def _image_stats(executor: _Executor, pipeline: Pipeline, images: dict[str, "_Im
         n = max(1000, STATS_SAMPLE // len(img.boxes))
         calls += [(name, window_stats, (img.source, pipeline, b, ranges[name], n)) for b in img.boxes]
     parts: dict[str, list] = {}
+    stats: dict[str, Any] = {}
     for name, result in executor.run(calls):
+        if name in failed:
+            continue
         if isinstance(result, Exception):
-            failed.setdefault(name, f"{name}: image statistics: {type(result).__name__}: {result}")
-        else:
-            parts.setdefault(name, []).append(result)
-    stats = {}
-    for name, got in parts.items():
-        if name not in failed:
-            (name_, merged), = executor.run([(name, merge_stats, (pipeline, got, ranges[name]))])
+            failed[name] = f"{name}: image statistics: {type(result).__name__}: {result}"
+            parts.pop(name, None)
+            continue
+        got = parts.setdefault(name, [])
+        got.append(result)
+        if len(got) == len(tiled[name].boxes):  # merged as soon as complete, so samples do not pile up
+            del parts[name]
+            ((_, merged),) = executor.run([(name, merge_stats, (pipeline, got, ranges[name]))])
             if isinstance(merged, Exception):
                 failed[name] = f"{name}: image statistics: {type(merged).__name__}: {merged}"
             else:
@@ -208,34 +212,38 @@ def _image_stats(executor: _Executor, pipeline: Pipeline, images: dict[str, "_Im
 
 @dataclass
 class _Image:
-    """An image being stitched: tiles arrive in any order and are pasted in tile order."""
+    """An image being stitched: tiles arrive in any order and are pasted in tile order.
+
+    The label buffer is allocated when the first tile arrives, so a dataset of
+    thousands of images holds only those in progress.
+    """
 
     source: Source
     boxes: list[TileBox]
-    out: np.ndarray
-    stitcher: Stitcher
-    raw_path: Path | None
+    folder: Path
+    out: np.ndarray | None = None
+    stitcher: Stitcher | None = None
+    raw_path: Path | None = None
     pending: dict[int, Any] = field(default_factory=dict)
     tables: list[pd.DataFrame] = field(default_factory=list)
     next: int = 0
     conflicts: int = 0
     truncated: int = 0
     seconds: float = 0.0
-    error: str = ""
 
-
-def _new_image(source: Source, boxes: list[TileBox], folder: Path) -> _Image:
-    folder.mkdir(parents=True, exist_ok=True)
-    raw = None
-    if len(boxes) > 1:  # whole-slide images: the stitched labels live on disk, not in memory
-        raw = folder / ".labels.int32"
-        out = np.memmap(raw, dtype=np.int32, mode="w+", shape=source.shape_yx)
-    else:
-        out = np.zeros(source.shape_yx, np.int32)
-    return _Image(source, boxes, out, Stitcher(out), raw)
+    def allocate(self) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        if len(self.boxes) > 1:  # whole-slide images: the stitched labels live on disk, not in memory
+            self.raw_path = self.folder / ".labels.int32"
+            self.out = np.memmap(self.raw_path, dtype=np.int32, mode="w+", shape=self.source.shape_yx)
+        else:
+            self.out = np.zeros(self.source.shape_yx, np.int32)
+        self.stitcher = Stitcher(self.out)
 
 
 def _paste(img: _Image, result) -> None:
+    if img.out is None:
+        img.allocate()
     img.pending[result.box.index] = result
     while img.next in img.pending:
         r = img.pending.pop(img.next)
@@ -268,7 +276,7 @@ def run_apply(settings: Settings) -> ApplyReport:
     tasks, images = [], {}
     for s in todo:
         boxes = plan_tiles(s.shape_yx, spec.tile.size, spec.tile.overlap)
-        images[s.name] = _new_image(s, boxes, image_dir(run_dir, s.name))
+        images[s.name] = _Image(s, boxes, image_dir(run_dir, s.name))
         tasks += [(s, b) for b in boxes]
     report.n_tiles = len(tasks)
     log.info("apply %s (%s) to %d image(s), %d tile(s), %d worker(s) -> %s", path, pipeline.label, len(todo),
@@ -331,8 +339,9 @@ def run_apply(settings: Settings) -> ApplyReport:
 
 
 def _drop(img: _Image) -> None:
+    img.stitcher = img.out = None
+    img.pending.clear()
     if img.raw_path is not None:
-        del img.stitcher, img.out
         img.raw_path.unlink(missing_ok=True)
 
 

@@ -113,7 +113,7 @@ def window_stats(source: Source, pipeline: Pipeline, box: TileBox, raw_range: tu
     wy, wx = box.window[0], box.window[2]
     core = values[..., y0 - wy: y1 - wy, x0 - wx: x1 - wx].ravel()
     step = max(1, core.size // max(1, n_sample))
-    sample = core[::step].astype(np.float64)
+    sample = core[::step].astype(np.float32)
     # back to unscaled values: this tile's own last scaling (affine, so it commutes with stats_input)
     lo, hi = record[-1] if pipeline.steps else raw_range
     sample = sample * (hi - lo) + lo
