@@ -4,12 +4,15 @@ from __future__ import annotations
 import os
 import sys
 
-__all__ = ["torch_device", "DEVICES", "cpu_threads", "share_cpus"]
+__all__ = ["torch_device", "DEVICES", "cpu_threads", "share_cpus", "THREAD_VARS"]
 
 #: environment variable with the CPU threads one worker process may use (set when n_workers > 1)
 THREADS_ENV = "OPSEF_THREADS"
 
 DEVICES = ("auto", "cpu", "cuda")
+
+#: variables that cap the threads of one process (ours, OpenMP, MKL, OpenBLAS, numba)
+THREAD_VARS = (THREADS_ENV, "OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMBA_NUM_THREADS")
 
 
 def torch_device(device: str = "auto") -> str:
@@ -40,7 +43,7 @@ def share_cpus(n_workers: int) -> int:
     the models created afterwards and torch follow them too.
     """
     threads = max(1, (os.cpu_count() or 1) // max(1, n_workers))
-    for var in (THREADS_ENV, "OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMBA_NUM_THREADS"):
+    for var in THREAD_VARS:
         os.environ[var] = str(threads)
     if "torch" in sys.modules:
         sys.modules["torch"].set_num_threads(threads)
