@@ -169,6 +169,12 @@ class StageSpec:
     top_k: int = 5
     #: train (study.images.train, or all when not set) | all
     images: str = "train"
+    #: the stage's own space (its ``search`` merged over the study's), e.g. a coarse subset; None: the study's
+    search: SearchSpec | None = None
+
+    def own_space(self, study_space: "SearchSpec") -> "SearchSpec":
+        """The space a ``space: same`` stage searches."""
+        return self.search if self.search is not None else study_space
 
 
 @dataclass(frozen=True)
@@ -579,8 +585,28 @@ def score_spec(node: Mapping | None = None) -> ScoreSpec:
     return _score("study.score", node or {})
 
 
-def _stages(where: str, node: Any, default: StageSpec, search: SearchSpec) -> tuple[StageSpec, ...]:
-    """``study.stages``: an ordered mapping name -> {objective, sampler, n_trials}; default one stage."""
+def _stage_search(where: str, study_node: Mapping, node: Any) -> SearchSpec:
+    """A stage's own space: its ``preprocess`` slots and ``models`` entries replace the study's of that name.
+
+    So a study can declare its whole space once and let a coarse stage
+    search a subset (fewer values per slot, a coarser model grid), while
+    derived stages widen into the study's values.
+    """
+    if not isinstance(node, Mapping) or not node:
+        raise ConfigError(f"{where}: expected a mapping with preprocess and/or models")
+    _keys(where, node, {"preprocess": None, "models": None})
+    merged: dict[str, Any] = {}
+    for key in ("preprocess", "models"):
+        mine = node.get(key) or {}
+        if not isinstance(mine, Mapping):
+            raise ConfigError(f"{where}.{key}: expected a mapping")
+        merged[key] = {**(study_node.get(key) or {}), **mine}
+    return _search(where, merged)
+
+
+def _stages(where: str, node: Any, default: StageSpec, search: SearchSpec,
+            search_node: Mapping | None = None) -> tuple[StageSpec, ...]:
+    """``study.stages``: an ordered mapping name -> {objective, sampler, n_trials, ...}; default one stage."""
     if not node:
         return (default,)
     if not isinstance(node, Mapping):
@@ -591,8 +617,15 @@ def _stages(where: str, node: Any, default: StageSpec, search: SearchSpec) -> tu
         if not isinstance(name, str) or not name.isidentifier():
             raise ConfigError(f"{where}.{name}: stage names must be simple identifiers (letters, digits, _)")
         _keys(f"{where}.{name}", sub, {"objective": None, "sampler": None, "n_trials": None, "pruner": None,
-                                       "from": None, "space": "same", "top_k": 5, "images": "train"})
+                                       "from": None, "space": "same", "top_k": 5, "images": "train",
+                                       "search": None})
         space = _choice(f"{where}.{name}.space", sub.get("space", "same"), STAGE_SPACES)
+        own = None
+        if sub.get("search") is not None:
+            if space != "same":
+                raise ConfigError(f"{where}.{name}.search: a stage with space={space} derives its space from "
+                                  f"stage {sub.get('from')!r}; give search only to space=same stages")
+            own = _stage_search(f"{where}.{name}.search", search_node or {}, sub["search"])
         source = sub.get("from")
         earlier = [st.name for st in out]
         if space != "same" and source is None:
@@ -605,14 +638,15 @@ def _stages(where: str, node: Any, default: StageSpec, search: SearchSpec) -> tu
             raise ConfigError(f"{where}.{name}.sampler=grid: a refined space has continuous ranges; use tpe")
         objective = _objective(f"{where}.{name}.objective", sub.get("objective") or default.objective)
         sampler = _choice(f"{where}.{name}.sampler", sub.get("sampler") or
-                          ("tpe" if space == "refine" else "random" if space == "top" else default.sampler),
+                          ("tpe" if space == "refine" else "random" if space == "top"
+                           else own.sampler if own else default.sampler),
                           SAMPLERS[1:])
-        if sampler == "grid" and space == "same" and _has_ranges(search):
+        if sampler == "grid" and space == "same" and _has_ranges(own or search):
             raise ConfigError(f"{where}.{name}.sampler=grid: the search space has {{low, high}} ranges; "
                               f"use lists of values for a grid, or sampler=tpe")
         n_trials = _int(f"{where}.{name}.n_trials", sub.get("n_trials") or default.n_trials, 1)
         pruner = _choice(f"{where}.{name}.pruner", sub.get("pruner") or default.pruner, PRUNERS)
-        out.append(StageSpec(name, objective, sampler, n_trials, pruner, source, space, top_k, images))
+        out.append(StageSpec(name, objective, sampler, n_trials, pruner, source, space, top_k, images, own))
     return tuple(out)
 
 
@@ -661,7 +695,8 @@ def validate(cfg: DictConfig | Mapping, base: Path | None = None) -> Settings:
     spec = replace(spec, apply=apply_spec("study.apply", study.get("apply"), base))
     n_trials = _int("n_trials", raw.get("n_trials"), 1)
     default_stage = StageSpec("search", spec.score.objective, spec.search.sampler, n_trials)
-    spec = replace(spec, stages=_stages("study.stages", study.get("stages"), default_stage, spec.search))
+    spec = replace(spec, stages=_stages("study.stages", study.get("stages"), default_stage, spec.search,
+                                        study.get("search") or {}))
     stage = _typed("stage", raw.get("stage"), (str,), "a stage name", nullable=True)
     if stage is not None and stage not in [s.name for s in spec.stages]:
         raise ConfigError(f"stage={stage!r}: the study has the stages {', '.join(s.name for s in spec.stages)}")

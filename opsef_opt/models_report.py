@@ -24,6 +24,8 @@ def model_rows(settings: Settings | None = None) -> list[dict[str, Any]]:
     entries = [(name, name, {}) for name in SEGMENTERS.names()]
     if settings is not None:
         entries += [(f"{m.label} (study)", m.family, dict(m.init)) for m in settings.study.search.models]
+        entries += [(f"{m.label} (stage {st.name})", m.family, dict(m.init)) for st in settings.study.stages
+                    if st.search is not None for m in st.search.models if m not in settings.study.search.models]
     rows = []
     for label, family, init in entries:
         cls = SEGMENTERS.get(family)

@@ -4,11 +4,14 @@ Following OpSeF's advice (many models and few, distinct preprocessings
 first; then fine-tune the most promising), a stage can take the top-k
 pipelines of another stage and either
 
-- ``refine``: search around them: only their preprocessing steps and models
-  stay; each numeric parameter becomes a continuous range spanning the top
-  values widened to their neighbours in the original grid (or by half a
-  value when it had none), categorical ones keep the values the top-k used;
-  the top-k themselves are evaluated first;
+- ``refine``: search around them: of what the source stage tried, only the
+  top-k's preprocessing steps, models and categorical values stay; each
+  numeric parameter becomes a continuous range spanning the top values
+  widened to their neighbours among the values the study declares (or by
+  half a value when it declares none); what the study declares but the
+  source stage never tried (a source stage with its own, coarser space)
+  stays a candidate, since nothing has ruled it out; the top-k themselves
+  are evaluated first;
 - ``top``: evaluate exactly those pipelines again, e.g. on all images, to
   see how the choice generalises.
 
@@ -24,7 +27,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from opsef_opt.config import Range, SearchSpec, StepOption
+from opsef_opt.config import ModelSpec, Range, SearchSpec, StepOption
 from opsef_opt.params import Param
 from opsef_opt.search.space import Pipeline, pipeline_from_params
 
@@ -79,59 +82,95 @@ def _model_params(family: str) -> dict[str, Param]:
     return {p.name: p for p in SEGMENTERS.get(family).params}
 
 
-def refine_space(space: SearchSpec, top: list[Pipeline]) -> SearchSpec:
-    """The search space around the ``top`` pipelines (see the module docstring)."""
+def _grid_values(options: tuple[StepOption, ...]) -> dict[tuple[str, str], set]:
+    """The declared values of each parameter of each step: ``{(step, param): values}``."""
+    grids: dict[tuple[str, str], set] = {}
+    for o in options:
+        for k, v in o.fixed.items():
+            grids.setdefault((o.name, k), set()).add(v)
+    return grids
+
+
+def _refine_slot(slot: str, tried: tuple[StepOption, ...], declared: tuple[StepOption, ...],
+                 top: list[Pipeline]) -> tuple[StepOption, ...]:
     from opsef_opt.preprocess import step_label
 
-    preprocess: dict[str, tuple[StepOption, ...]] = {}
-    for slot, options in space.preprocess.items():
-        grids: dict[tuple[str, str], list] = {}
-        for o in options:  # the original values of each parameter of each step, for widening
-            for k, v in o.fixed.items():
-                grids.setdefault((o.name, k), []).append(v)
-        used: dict[str, list[dict]] = {}
-        for p in top:
-            for s, name, params in p.steps:
-                if s == slot:
-                    used.setdefault(name, []).append(params)
-        out = []
-        for name, variants in used.items():
-            declared = _step_params(slot, name)
-            fixed, ranges = {}, {}
-            for k in variants[0]:
-                vals = [v[k] for v in variants]
-                if declared[k].kind in ("int", "float") and all(isinstance(v, (int, float)) for v in vals):
-                    rng = _widen(declared[k], vals, tuple(sorted(set(grids.get((name, k), [])))))
-                    if rng is not None:
-                        ranges[k] = rng
-                        continue
-                fixed[k] = vals[0]
-            label = step_label(name, {**fixed, **{k: f"{r.low}..{r.high}" for k, r in ranges.items()}})
-            out.append(StepOption(slot, name, fixed, ranges, label))
-        preprocess[slot] = tuple(out)
-    models = []
-    for m in space.models:
-        mine = [p.model_params for p in top if p.model.label == m.label]
-        if not mine:
-            continue
-        declared = _model_params(m.family)
-        fixed, choices, ranges = dict(m.fixed), {}, {}
-        for k in list(m.choices) + list(m.ranges):
-            vals = [v[k] for v in mine]
-            if declared[k].kind in ("int", "float"):
-                grid = m.choices.get(k)
-                rng = _widen(declared[k], vals, tuple(sorted(grid)) if grid else None)
+    grids = _grid_values(tried + declared)
+    used: dict[str, list[dict]] = {}
+    for p in top:
+        for s, name, params in p.steps:
+            if s == slot:
+                used.setdefault(name, []).append(params)
+    out = []
+    for name, variants in used.items():
+        params = _step_params(slot, name)
+        fixed, ranges = {}, {}
+        for k in variants[0]:
+            vals = [v[k] for v in variants]
+            if params[k].kind in ("int", "float") and all(isinstance(v, (int, float)) for v in vals):
+                rng = _widen(params[k], vals, tuple(sorted(grids.get((name, k), set()))))
                 if rng is not None:
                     ranges[k] = rng
                     continue
-                fixed[k] = vals[0]
+            fixed[k] = vals[0]
+        label = step_label(name, {**fixed, **{k: f"{r.low}..{r.high}" for k, r in ranges.items()}})
+        out.append(StepOption(slot, name, fixed, ranges, label))
+    tried_names = {o.name for o in tried}
+    labels = {o.label for o in out}
+    out += [o for o in declared if o.name not in tried_names and o.label not in labels]  # never tried
+    return tuple(out)
+
+
+def _refine_model(m: ModelSpec, declared: ModelSpec | None, mine: list[dict]) -> ModelSpec:
+    params = _model_params(m.family)
+    other = declared if declared is not None and declared.family == m.family else None
+    searched = list(dict.fromkeys(list(m.choices) + list(m.ranges)
+                                  + (list(other.choices) + list(other.ranges) if other else [])))
+    fixed, choices, ranges = dict(m.fixed), {}, {}
+    for k in searched:
+        # a parameter the source stage did not set ran at its default
+        vals = [v.get(k, params[k].default) for v in mine]
+        tried = set(m.choices.get(k, ())) | ({m.fixed[k]} if k in m.fixed else set())
+        if k not in m.choices and k not in m.fixed and k not in m.ranges:
+            tried.add(params[k].default)
+        study_values = set(other.choices.get(k, ())) if other else set()
+        if params[k].kind in ("int", "float") and all(isinstance(v, (int, float)) for v in vals):
+            grid = tried | study_values
+            rng = _widen(params[k], vals, tuple(sorted(grid)) if grid else None)
+            if rng is not None:
+                fixed.pop(k, None)
+                ranges[k] = rng
+                continue
+            fixed[k] = vals[0]
+        else:
+            kept = tuple(dict.fromkeys(vals + [v for v in other.choices.get(k, ()) if v not in tried]
+                                       if other else vals))
+            if len(kept) > 1:
+                fixed.pop(k, None)
+                choices[k] = kept
             else:
-                kept = tuple(dict.fromkeys(vals))
-                if len(kept) > 1:
-                    choices[k] = kept
-                else:
-                    fixed[k] = kept[0]
-        models.append(replace(m, fixed=fixed, choices=choices, ranges=ranges))
+                fixed[k] = kept[0]
+    return replace(m, fixed=fixed, choices=choices, ranges=ranges)
+
+
+def refine_space(space: SearchSpec, top: list[Pipeline], study_space: SearchSpec | None = None) -> SearchSpec:
+    """The search space around the ``top`` pipelines of a stage that searched ``space``.
+
+    ``study_space`` is the study's declared space (default: ``space``):
+    numeric ranges widen to its neighbouring values, and what it declares
+    that ``space`` never tried is kept (see the module docstring).
+    """
+    study_space = study_space or space
+    preprocess = {slot: _refine_slot(slot, tried, study_space.preprocess.get(slot, ()), top)
+                  for slot, tried in space.preprocess.items()}
+    declared = {m.label: m for m in study_space.models}
+    models = []
+    for m in space.models:
+        mine = [p.model_params for p in top if p.model.label == m.label]
+        if mine:
+            models.append(_refine_model(m, declared.get(m.label), mine))
+    tried = {m.label for m in space.models}
+    models += [m for m in study_space.models if m.label not in tried]  # never tried
     return SearchSpec("tpe", preprocess, tuple(models))
 
 
@@ -149,8 +188,9 @@ def params_for(pipeline: Pipeline, space: SearchSpec) -> dict[str, Any]:
     if len(space.models) > 1:
         params["model"] = pipeline.model.label
     model = next(m for m in space.models if m.label == pipeline.model.label)
+    defaults = {p.name: p.default for p in _model_params(model.family).values()}
     for k in list(model.choices) + list(model.ranges):
-        params[f"{model.label}.{k}"] = pipeline.model_params[k]
+        params[f"{model.label}.{k}"] = pipeline.model_params.get(k, defaults.get(k))
     return params
 
 

@@ -57,7 +57,8 @@ class StudyError(RuntimeError):
 def _space_signature(settings: Settings, stage: StageSpec) -> str:
     s = settings.study
     payload = repr((s.search, s.score, s.images.train, s.images.labels_sparse, s.reshape,
-                    stage.objective, stage.sampler, stage.source, stage.space, stage.top_k, stage.images))
+                    stage.objective, stage.sampler, stage.source, stage.space, stage.top_k, stage.images)
+                   + ((stage.search,) if stage.search is not None else ()))
     return hashlib.sha1(payload.encode()).hexdigest()[:16]
 
 
@@ -347,7 +348,7 @@ def _stage_space(settings: Settings, stage: StageSpec, study: optuna.Study, base
     pipelines are queued first.
     """
     if stage.space == "same":
-        return base, None
+        return (available_space(stage.search)[0] if stage.search is not None else base), None
     from opsef_opt.search.derive import params_for, ranked_trials, refine_space, top_pipelines
 
     source_stage = next(s for s in settings.study.stages if s.name == stage.source)
@@ -367,7 +368,7 @@ def _stage_space(settings: Settings, stage: StageSpec, study: optuna.Study, base
         by_number = {t.number: t for t in source.get_trials(deepcopy=False)}
         space, queue = source_space, [by_number[n].params for n in numbers]
     else:
-        space = refine_space(source_space, top)
+        space = refine_space(source_space, top, study_space=base)
         queue = [params_for(p, space) for p in top]
     if not worker and not study.user_attrs.get("sources_enqueued"):
         finals = source.user_attrs.get("final_scores", {})
