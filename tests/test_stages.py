@@ -40,6 +40,7 @@ def test_top_k_of_coarse_define_and_seed_fine_and_confirm_runs_them_on_all_image
         src = by_number[source]
         assert t.user_attrs["summary"]["pipeline"] == src.user_attrs["summary"]["pipeline"]
         assert t.value == pytest.approx(src.value)
+        assert t.user_attrs["summary"]["segment_reused"] == 1  # its labels come from coarse: no model run
     # the refined space: only models/thresholds of the top 3, min_distance a range around their values
     dists = fine_trials[-1].distributions
     assert isinstance(dists["classical.min_distance"], optuna.distributions.IntDistribution)
@@ -54,6 +55,8 @@ def test_top_k_of_coarse_define_and_seed_fine_and_confirm_runs_them_on_all_image
     fine_by_number = {t.number: t for t in fine.get_trials()}
     got = [t.user_attrs["summary"]["pipeline"] for t in sorted(confirm.get_trials(), key=lambda t: t.number)]
     assert got == [fine_by_number[n].user_attrs["summary"]["pipeline"] for n in top2]
+    # the training image's labels are reused, mitocheck is segmented
+    assert [t.user_attrs["summary"]["segment_reused"] for t in confirm.get_trials()] == [1, 1]
     assert "stage staged/confirm: 2 images/items" in r.stdout + r.stderr
     assert "stage staged/fine: 1 images/items" in r.stdout + r.stderr
     assert (tmp_path / "studies" / "staged" / "best_confirm.yaml").is_file()

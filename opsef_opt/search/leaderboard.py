@@ -38,6 +38,8 @@ def leaderboard(study: optuna.Study, tags: Mapping[str, str] | None = None) -> p
             "pipeline": summary.get("pipeline", ""),
             "model": summary.get("model", ""),
             "n_objects_mean": summary.get("n_objects_mean"),
+            # images whose labels came from an earlier identical evaluation (the model did not run again)
+            "images_reused": summary.get("segment_reused"),
             "seconds": (t.datetime_complete - t.datetime_start).total_seconds()
             if t.datetime_complete and t.datetime_start else None,
             "error": t.user_attrs.get("error", "interrupted" if t.state == TrialState.FAIL else ""),

@@ -35,6 +35,7 @@ from opsef_opt.search.best import write_best
 from opsef_opt.search.budget import count_trials
 from opsef_opt.search.plots import stage_plots
 from opsef_opt.search.pool import ConsensusPool, LabelStore
+from opsef_opt.search.segcache import SegmentCache
 from opsef_opt.search.rescore import final_scores
 from opsef_opt.search.sheets import stage_contact_sheet
 from opsef_opt.search.space import grid_points, pipeline_from_params
@@ -414,6 +415,7 @@ def _context(settings: Settings, stage: StageSpec, study: optuna.Study, space: S
         study.study_name, space, items, objective,
         PreprocessCache(settings.study_dir / "cache" / "preprocess"), tracker, parent, Recorder(),
         store, ConsensusPool(store, settings.study.score), settings.log_artifacts, budget=budget,
+        segments=SegmentCache(settings.study_dir / "cache" / "segment"),
     )
 
 

@@ -21,6 +21,7 @@ from opsef_opt.score import ImageResult
 from opsef_opt.score.objective import Objective
 from opsef_opt.search.budget import over_budget
 from opsef_opt.search.pool import ConsensusPool, LabelStore
+from opsef_opt.search.segcache import SegmentCache, segment_key
 from opsef_opt.search.space import Pipeline, suggest_pipeline
 from opsef_opt.config import SearchSpec
 from opsef_opt.segment import load_segmenter, model_cache_info
@@ -55,6 +56,8 @@ class TrialContext:
     references: dict[str, np.ndarray] = field(default_factory=dict)
     #: the stage's trial budget (checked again when a trial starts: several workers share it)
     budget: int | None = None
+    #: segmentations already computed (by any stage or worker), reused instead of running the model again
+    segments: SegmentCache | None = None
 
 
 def _safe(name: str) -> str:
@@ -113,13 +116,20 @@ def evaluate(ctx: TrialContext, pipeline: Pipeline, number: int | None = None,
     results: list[ImageResult] = []
     if ctx.pool is not None:
         ctx.pool.refresh()
+    reused = 0
     for item in ctx.items:
         ctx.check_stop()
         t0 = time.perf_counter()
         key = cache_key(item.fingerprint, pipeline.steps)
         image, axes = ctx.cache.get(key, lambda: run_chain(item.data, item.axes, pipeline.steps))
         t1 = time.perf_counter()
-        seg = model(image, axes, **pipeline.model_params)
+        if ctx.segments is not None:
+            seg, was_reused = ctx.segments.get(
+                segment_key(key, pipeline.model.family, pipeline.model.init, pipeline.model_params),
+                lambda: model(image, axes, **pipeline.model_params))
+            reused += was_reused
+        else:
+            seg = model(image, axes, **pipeline.model_params)
         t2 = time.perf_counter()
         if item.name not in ctx.references:
             ctx.references[item.name] = reference_intensities(item, seg.labels.shape, image)
@@ -149,6 +159,7 @@ def evaluate(ctx: TrialContext, pipeline: Pipeline, number: int | None = None,
         cache_hits=ctx.cache.hits,
         cache_computed=ctx.cache.stats["computed"],
         model_loads=model_cache_info()["loads"],
+        segment_reused=reused,  # images whose labels an earlier identical evaluation gave (no model run)
     )
     for o in outputs:  # the headline numbers per image; the full table is an artifact
         for k in ("n_objects", "proxy", "gt.f1", "gt.ap"):
@@ -243,7 +254,8 @@ def run_trial(trial: optuna.Trial, ctx: TrialContext) -> float:
         metrics["score.source"] = trial.user_attrs["source_score"]
     # one storage write for everything the leaderboard shows
     trial.set_user_attr("summary", {**_labels(pipeline), **{
-        k: metrics[k] for k in ("n_objects_mean", "time_preprocess_s", "time_segment_s", "time_trial_s")}})
+        k: metrics[k] for k in ("n_objects_mean", "time_preprocess_s", "time_segment_s", "time_trial_s",
+                                "segment_reused")}})
     ctx.recorder.submit(f"trial {trial.number}", record_trial, ctx.tracker, run_id,
                         outputs if ctx.log_artifacts else [], metrics)
     ctx.last["value"] = value
