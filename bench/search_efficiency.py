@@ -147,10 +147,9 @@ def main() -> None:
         hit = np.nonzero(values >= 0.99 * best)[0]
         n = int(ran[hit[0]]) if hit.size else None
         needed.append(n)
+        reached = f"after {n} model evaluations ({n / len(grid):.0%} of the grid)" if n else "never"
         print(f"staged seed {seed}: {len(order)} trials, {int(ran[-1])} model evaluations, best {values.max():.4f} "
-              f"({values.max() / best:.1%} of grid best), reached 99 % after "
-              f"{n if n else 'never'} model evaluations{f' ({n / len(grid):.0%} of the grid)' if n else ''}, "
-              f"wall {wall:.1f} s")
+              f"({values.max() / best:.1%} of grid best), reached 99 % {reached}, wall {wall:.1f} s")
     ok = [n for n in needed if n]
     if ok:
         print(f"staged search: median {np.median(ok):.0f} model evaluations to 99 % of the grid's best = "

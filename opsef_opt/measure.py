@@ -3,7 +3,15 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["eccentricity", "inertia_eigvals", "axis_lengths"]
+__all__ = ["eccentricity", "inertia_eigvals", "axis_lengths", "perimeter_crofton"]
+
+#: Crofton weights of the 16 configurations of a 2 x 2 window, 4 directions (scikit-image's table)
+_CROFTON_4 = np.array([
+    0, np.pi / 4 * (1 + 1 / np.sqrt(2)), np.pi / (4 * np.sqrt(2)), np.pi / (2 * np.sqrt(2)),
+    0, np.pi / 4 * (1 + 1 / np.sqrt(2)), 0, np.pi / (4 * np.sqrt(2)),
+    np.pi / 4, np.pi / 2, np.pi / (4 * np.sqrt(2)), np.pi / (4 * np.sqrt(2)),
+    np.pi / 4, np.pi / 2, 0, 0,
+])
 
 
 def inertia_eigvals(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -39,3 +47,31 @@ def eccentricity(labels: np.ndarray, ids: np.ndarray | None = None) -> np.ndarra
     l1, l2 = inertia_eigvals(labels)
     ecc = np.where(l1 > 0, np.sqrt(np.clip(1 - l2 / np.where(l1 > 0, l1, 1), 0, 1)), 0.0)
     return ecc[1:] if ids is None else ecc[np.asarray(ids, dtype=int)]
+
+
+def perimeter_crofton(labels: np.ndarray, ids: np.ndarray | None = None) -> np.ndarray:
+    """Crofton perimeter (4 directions) of each object in ``ids`` (default 1..max), for all at once.
+
+    The same number as scikit-image's ``perimeter_crofton`` of each object's
+    own mask: every 2 x 2 window of the zero-padded label image is coded by
+    which of its corners hold the object (top-left 8, top-right 2,
+    bottom-left 4, bottom-right 1), and the codes' Crofton weights are summed
+    per object. Only windows on an outline count (a uniform window weighs
+    0). scikit-image does this per object in Python, which made it a third
+    of the time of a region table of thousands of nuclei.
+    """
+    labels = np.asarray(labels)
+    n = int(labels.max(initial=0)) + 1
+    q = np.pad(labels, 1)
+    tl, tr, bl, br = q[:-1, :-1], q[:-1, 1:], q[1:, :-1], q[1:, 1:]
+    edge = (tl != tr) | (tl != bl) | (tl != br)
+    tl, tr, bl, br = tl[edge], tr[edge], bl[edge], br[edge]
+    total = np.zeros(n)
+    # each (window, object) pair once: the object is taken from the first corner that holds it
+    for corner, first in ((tl, None), (tr, tr != tl), (bl, (bl != tl) & (bl != tr)),
+                          (br, (br != tl) & (br != tr) & (br != bl))):
+        m = corner > 0 if first is None else first & (corner > 0)
+        k = corner[m]
+        code = 8 * (tl[m] == k) + 2 * (tr[m] == k) + 4 * (bl[m] == k) + (br[m] == k)
+        total += np.bincount(k, weights=_CROFTON_4[code], minlength=n)
+    return total[1:] if ids is None else total[np.asarray(ids, dtype=int)]

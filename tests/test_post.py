@@ -288,3 +288,24 @@ def test_analysis_few_objects_and_nan_features(dsb_table, tmp_path, caplog):
 
     paths, out = analysis_plots(dsb_table.head(0), tmp_path / "e")
     assert paths == [] and len(out) == 0
+
+
+def test_vectorised_crofton_perimeter_equals_scikit_images_per_object_one():
+    """Touching nuclei included: each object's perimeter is that of its own mask, as regionprops gives it."""
+    from skimage.measure import regionprops_table
+
+    from opsef_opt.measure import perimeter_crofton
+
+    for name in ("dsb2018_256", "mitocheck"):
+        labels = tifffile.imread(shared("gt", name, "labels.tif")).astype(np.int32)
+        ref = regionprops_table(labels, properties=("label", "perimeter_crofton"))
+        got = perimeter_crofton(labels, ref["label"])
+        np.testing.assert_allclose(got, ref["perimeter_crofton"], rtol=1e-12, atol=1e-9)
+    # objects cut by the image border, a one-pixel object, a ring with a hole holding another object
+    labels = np.zeros((12, 12), np.int32)
+    labels[0:4, 0:5] = 1
+    labels[6, 6] = 2
+    labels[3:10, 7:12] = 3
+    labels[5:8, 9:11] = 4
+    ref = regionprops_table(labels, properties=("label", "perimeter_crofton"))
+    np.testing.assert_allclose(perimeter_crofton(labels, ref["label"]), ref["perimeter_crofton"], rtol=1e-12)

@@ -18,7 +18,7 @@ import pandas as pd
 from scipy import ndimage as ndi
 from skimage.measure import regionprops_table
 
-from opsef_opt.measure import axis_lengths, eccentricity
+from opsef_opt.measure import axis_lengths, eccentricity, perimeter_crofton
 
 __all__ = ["region_properties", "PROPERTY_NAMES", "SHAPE_NAMES", "INTENSITY_NAMES"]
 
@@ -135,9 +135,10 @@ def region_properties(
     if labels.max(initial=0) == 0:
         return pd.DataFrame({c: pd.Series(dtype=np.int64 if c == "label" or c.startswith("bbox_") else float) for c in columns})
 
-    if ndim == 2:  # per-object Python work only where there is no vectorised form (hull, Crofton)
-        props = regionprops_table(labels, properties=("label", "bbox", "area", "solidity", "perimeter_crofton"))
+    if ndim == 2:  # per-object Python work only where there is no vectorised form (the convex hull)
+        props = regionprops_table(labels, properties=("label", "bbox", "area", "solidity"))
         ids = props.pop("label").astype(np.int64)
+        props["perimeter_crofton"] = perimeter_crofton(labels, ids)
         yy, xx = np.nonzero(labels)
         lab = labels[yy, xx]
         n = int(labels.max()) + 1
@@ -171,17 +172,20 @@ def region_properties(
     table["major_axis_length"] = props["axis_major_length"]
     table["minor_axis_length"] = props["axis_minor_length"]
 
-    index = ids
     mask = labels > 0
+    n = int(labels.max()) + 1
+    lab = labels[mask]
     if intensity is None:
         for c in INTENSITY_NAMES:
             table[c] = np.nan
-    else:
-        table["mean_intensity"] = ndi.mean(intensity, labels, index)
-        table["min_intensity"] = ndi.minimum(intensity, labels, index)
-        table["max_intensity"] = ndi.maximum(intensity, labels, index)
-    n = int(labels.max()) + 1
-    lab = labels[mask]
+    else:  # for all objects at once (scipy.ndimage's per-label minimum/maximum sort every pixel)
+        values = intensity[mask]
+        low, high = np.full(n, np.inf), np.full(n, -np.inf)
+        np.minimum.at(low, lab, values)
+        np.maximum.at(high, lab, values)
+        table["mean_intensity"] = np.bincount(lab, weights=values, minlength=n)[ids] / area
+        table["min_intensity"] = low[ids]
+        table["max_intensity"] = high[ids]
     for name, arr in chans.items():
         total = np.bincount(lab, weights=arr[mask], minlength=n)[ids]
         table[f"{name}.mean_intensity"] = total / area
