@@ -142,15 +142,15 @@ class _Executor:
                                             dashboard_address=None, silence_logs=logging.ERROR)
             self.client = Client(self.cluster)
 
-    def warm_up(self, pipeline: Pipeline) -> None:
+    def warm_up(self, pipeline: Pipeline, source: Source | None = None) -> None:
         """Load the model in every worker before timing starts (a failure surfaces with the first tile)."""
         from opsef_opt.apply.worker import warm_up
 
         try:
             if self.client is None:
-                warm_up(pipeline)
+                warm_up(pipeline, source)
             else:
-                self.client.run(warm_up, pipeline)
+                self.client.run(warm_up, pipeline, source)
         except Exception as e:  # the tiles report it per image
             log.debug("warm-up failed: %s", e)
 
@@ -312,7 +312,7 @@ def run_apply(settings: Settings) -> ApplyReport:
     # nothing left to do (a finished run re-run): no cluster to start
     executor = _Executor(settings if todo else replace(settings, n_workers=1, dask_scheduler=None))
     if todo:
-        executor.warm_up(pipeline)
+        executor.warm_up(pipeline, todo[0])
     report.startup_seconds = time.perf_counter() - t_start
     t0 = time.perf_counter()  # throughput excludes starting the cluster (reported on its own)
     try:
