@@ -87,8 +87,18 @@ def test_refine_widens_into_the_studys_values_and_keeps_what_coarse_never_tried(
         assert {k: v for k, v in again.model_params.items() if k in p.model_params} == p.model_params
 
 
-def test_refine_without_a_stage_space_is_unchanged(tmp_path):
+def test_refine_without_a_stage_space_narrows_to_the_top_pipelines(tmp_path):
     s = _settings(tmp_path, "+study.stages={coarse: {}, fine: {from: coarse, space: refine}}")
     space = s.study.search
-    top = [pipeline_from_params(space, grid_points(space, 0)[0])]
-    assert refine_space(space, top) == refine_space(space, top, study_space=space)
+    top = [pipeline_from_params(space, {
+        "pre.filter": "median(size=3)", "pre.background": "none", "pre.histogram": "none",
+        "model": "classical", "classical.threshold": "otsu", "classical.min_distance": 3})]
+    fine = refine_space(space, top)
+    assert fine == refine_space(space, top, study_space=space)
+    # only what the top pipeline used; the odd kernel size widened by half a value each way, within its bounds
+    assert [o.label for o in fine.preprocess["filter"]] == ["median(size=3..5)"]  # its size is >= 3
+    assert [o.label for o in fine.preprocess["background"]] == ["none"]
+    (classical,) = fine.models
+    assert classical.fixed["threshold"] == "otsu" and "threshold" not in classical.choices
+    rng = classical.ranges["min_distance"]
+    assert (rng.low, rng.high) == (3, 6)  # up to the next declared value
