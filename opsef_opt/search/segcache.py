@@ -12,6 +12,7 @@ kept: they are all that scoring uses (``Segmentation.extra`` is not).
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
@@ -104,6 +105,7 @@ class SegmentCache:
             ids = sorted(seg.confidence)
             arrays["conf_ids"] = np.asarray(ids, np.int64)
             arrays["conf_values"] = np.asarray([seg.confidence[i] for i in ids], np.float64)
+        tmp = None
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
@@ -111,7 +113,6 @@ class SegmentCache:
                 np.savez_compressed(f, **arrays)
             os.replace(tmp, path)
         except OSError:  # a full or read-only disk costs the reuse, never the trial
-            try:
-                os.unlink(tmp)
-            except (OSError, UnboundLocalError):
-                pass
+            if tmp is not None:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
