@@ -14,8 +14,14 @@ log = logging.getLogger("opsef_opt")
 #: libraries that log routine INFO lines (schema migrations, ...) users need not see
 _QUIET = ("alembic", "mlflow", "optuna", "urllib3", "numba", "git")
 
+#: exit code of a config error, bad input found before any trial, or an unusable storage/tracking URI
+EXIT_CONFIG = 2
 #: exit code when a stage waits for the analyst's tags
 EXIT_NEED_TAGS = 3
+#: exit code when every trial of a stage failed (the reasons are summarised in one line)
+EXIT_STAGE_FAILED = 5
+#: exit code after Ctrl-C / SIGTERM (the same command continues)
+EXIT_INTERRUPTED = 130
 
 
 def run(cfg: DictConfig) -> int:
@@ -26,7 +32,16 @@ def run(cfg: DictConfig) -> int:
         settings = validate(cfg)
     except ConfigError as e:
         print(f"opsef-opt: config error: {e}", file=sys.stderr)
-        return 2
+        return EXIT_CONFIG
+    if settings.mode != "models":
+        from opsef_opt.backends import BackendError, check_backends
+
+        try:  # before anything is created: a wrong URI costs seconds, not a half-made study
+            check_backends(settings.storage if settings.mode == "search" else None, settings.tracking_uri,
+                           settings.studies_dir)
+        except BackendError as e:
+            print(f"opsef-opt: {e}", file=sys.stderr)
+            return EXIT_CONFIG
     if settings.mode == "models":
         from opsef_opt.models_report import print_models
 
@@ -76,19 +91,24 @@ def _apply(settings: Settings) -> int:
 
 def _search(settings: Settings) -> int:
     from opsef_opt.search.leaderboard import combined_leaderboard, leaderboard, print_leaderboard
-    from opsef_opt.search.study import NeedTags, StudyError, run_search, stage_studies
+    from opsef_opt.backends import BackendError
+    from opsef_opt.search.study import NeedTags, StageFailed, StudyError, run_search, stage_studies
 
     try:
         studies = run_search(settings)
-    except (ConfigError, StudyError) as e:
-        print(f"opsef-opt: {e}", file=sys.stderr)
-        return 2
+    except (ConfigError, StudyError, BackendError) as e:
+        prefix = "config error: " if isinstance(e, ConfigError) else ""
+        print(f"opsef-opt: {prefix}{e}", file=sys.stderr)
+        return EXIT_CONFIG
     except NeedTags as e:
         print(f"opsef-opt: {e}", file=sys.stderr)
         return EXIT_NEED_TAGS
+    except StageFailed as e:
+        print(f"opsef-opt: {e}", file=sys.stderr)
+        return EXIT_STAGE_FAILED
     except KeyboardInterrupt:
         print("\nopsef-opt: interrupted; run the same command again to continue the study.", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
     tags = _tags(settings)
     csv = settings.study_dir / "leaderboard.csv"
     # the CSV covers every stage in storage, also those not run by this command (stage=NAME)
@@ -113,11 +133,10 @@ def _search(settings: Settings) -> int:
 
 def _tags(settings: Settings) -> dict[str, str]:
     """Quality tags of the study's runs, by MLflow run id (for the leaderboard)."""
-    from mlflow import MlflowClient
-
     from opsef_opt.tags import trial_runs
+    from opsef_opt.track import tracking_client
 
-    client = MlflowClient(settings.tracking_uri)
+    client = tracking_client(settings.tracking_uri)
     exp = client.get_experiment_by_name(settings.study.name)
     if exp is None:
         return {}

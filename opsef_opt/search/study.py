@@ -10,7 +10,11 @@ Resume semantics (re-running the same command continues the same study):
   run KILLED, and its parameters are queued again; Ctrl-C or SIGTERM does the
   same at the next image (a second signal stops at once);
 - grid studies enqueue every grid point once, in a seeded order, so nothing
-  is evaluated twice.
+  is evaluated twice;
+- a retried trial (interrupted, or handed back by a worker that found the
+  budget spent) runs before any other queued pipeline, so a resumed study
+  evaluates the same pipelines as one that was never interrupted
+  (:func:`_retries_first`).
 """
 from __future__ import annotations
 
@@ -21,12 +25,14 @@ import signal
 import time
 import warnings
 from dataclasses import replace
+from collections import Counter
 from datetime import datetime
 
 import optuna
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
+from opsef_opt.backends import ensure_sqlite, quiet_db_logs
 from opsef_opt.config import ConfigError, SearchSpec, Settings, StageSpec
 from opsef_opt.io.dataset import Item, load_items
 from opsef_opt.preprocess.cache import PreprocessCache
@@ -46,13 +52,18 @@ from opsef_opt.tags.seeding import seed_tagged
 from opsef_opt.track import Tracker
 from opsef_opt.track.recorder import Recorder
 
-__all__ = ["run_search", "run_stage", "open_study", "stage_studies", "count_trials", "StudyError", "NeedTags"]
+__all__ = ["run_search", "run_stage", "open_study", "stage_studies", "count_trials", "StudyError", "NeedTags",
+           "StageFailed"]
 
 log = logging.getLogger("opsef_opt")
 
 
 class StudyError(RuntimeError):
     """The study cannot run (no readable images, changed search space, ...)."""
+
+
+class StageFailed(RuntimeError):
+    """Every trial of a stage failed; the message summarises the reasons in one line."""
 
 
 def _space_signature(settings: Settings, stage: StageSpec) -> str:
@@ -107,9 +118,18 @@ def _pruner(name: str, n_items: int) -> optuna.pruners.BasePruner:
     return optuna.pruners.NopPruner()
 
 
+def _init_storage(url: str) -> None:
+    """Create (or check) the Optuna tables of the database at ``url``."""
+    RDBStorage(url).engine.dispose()
+
+
 def _storage(settings: Settings) -> RDBStorage:
-    """The study's RDB storage with heartbeats; a missing database driver is a one-line error."""
+    """The study's RDB storage with heartbeats; a missing database driver is a one-line error.
+
+    A new SQLite database is built kill-safe (:func:`opsef_opt.backends.ensure_sqlite`).
+    """
     try:
+        ensure_sqlite(settings.storage, _init_storage, ("trials",), "Optuna storage")
         return RDBStorage(
             settings.storage,
             engine_kwargs={"connect_args": {"timeout": 60}} if settings.storage.startswith("sqlite") else None,
@@ -132,11 +152,44 @@ def open_study(settings: Settings, stage: StageSpec, n_items: int = 1) -> optuna
         n_existing = len(optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False))
     except KeyError:
         n_existing = 0
-    return optuna.create_study(
+    study = optuna.create_study(
         study_name=name, storage=storage, sampler=_sampler(stage.sampler, settings.seed, n_existing),
         pruner=_pruner(stage.pruner, n_items),
         direction="maximize", load_if_exists=True,
     )
+    _retries_first(study)
+    return study
+
+
+def _is_retry(trial: optuna.trial.FrozenTrial) -> bool:
+    """A queued trial that repeats one cut short (kill, Ctrl-C) or handed back (budget race)."""
+    return ("failed_trial" in trial.system_attrs or "retry_of" in trial.user_attrs
+            or "requeued_from" in trial.user_attrs)
+
+
+def _retries_first(study: optuna.Study) -> None:
+    """Make the study take retried trials from its queue before any other queued pipeline.
+
+    Optuna pops queued (WAITING) trials in creation order, so a retry queued
+    behind the rest of a grid would run last, or never when the budget ends
+    first: a resumed study would then evaluate other pipelines than an
+    uninterrupted one. The claim itself stays Optuna's storage operation
+    (WAITING -> RUNNING, atomic across processes and hosts); only the order
+    changes. ``tests/test_resume_order.py`` checks it against this Optuna.
+    """
+    storage = study._storage
+
+    def pop() -> int | None:
+        waiting = storage.get_all_trials(study._study_id, deepcopy=False, states=(TrialState.WAITING,))
+        for t in sorted(waiting, key=lambda t: (not _is_retry(t), t.number)):
+            try:
+                if storage.set_trial_state_values(t._trial_id, state=TrialState.RUNNING):
+                    return t._trial_id
+            except optuna.exceptions.UpdateFinishedTrialError:
+                continue
+        return None
+
+    study._pop_waiting_trial_id = pop
 
 
 def available_space(space: SearchSpec) -> tuple[SearchSpec, dict[str, str]]:
@@ -251,17 +304,50 @@ def stage_items(settings: Settings, stage: StageSpec, quiet: bool = False) -> tu
     return items, problems
 
 
+def preflight(settings: Settings, stage: StageSpec, items: list[Item], space: SearchSpec) -> None:
+    """Before any trial: every item reaches a model of the stage's space through its preprocessing.
+
+    An image that cannot is a :class:`StudyError` naming it and the fix;
+    chains that fail on some images only are one warning each
+    (:mod:`opsef_opt.search.preflight`).
+    """
+    from opsef_opt.search.preflight import InputError, check_inputs
+
+    try:
+        notes = check_inputs(items, stage_search(settings, stage, space))
+    except InputError as e:
+        raise StudyError(str(e)) from None
+    for n in notes:
+        log.warning("%s", n)
+
+
+def quiet_libraries() -> None:
+    """Hide library chatter users need not see: Optuna's INFO lines and experimental-feature warnings."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+
+
+def stage_search(settings: Settings, stage: StageSpec, space: SearchSpec) -> SearchSpec:
+    """The part of the study's space a ``space: same`` stage declares (derived stages search within it)."""
+    if stage.space == "same" and stage.search is not None:
+        return stage.search
+    return space
+
+
 def run_search(settings: Settings) -> list[optuna.Study]:
     """Run (or continue) the study's stages in order, each until its trial budget is spent."""
+    quiet_libraries()
     space, skipped = available_space(settings.study.search)
+    loaded: dict[str, tuple[list[Item], list[str]]] = {}
+    for stage in settings.stages_to_run():  # every image checked before anything is created
+        if stage.images not in loaded:
+            loaded[stage.images] = stage_items(settings, stage, quiet=bool(loaded))
+        preflight(settings, stage, loaded[stage.images][0], space)
     settings.study_dir.mkdir(parents=True, exist_ok=True)
     tracker = Tracker(settings.tracking_uri, settings.studies_dir / "mlartifacts", settings.study.name,
                       settings.study.description)
-    loaded: dict[str, tuple[list[Item], list[str]]] = {}
     studies = []
     for stage in settings.stages_to_run():
-        if stage.images not in loaded:
-            loaded[stage.images] = stage_items(settings, stage, quiet=bool(loaded))
         items, problems = loaded[stage.images]
         studies.append(run_stage(settings, stage, items, space, tracker, problems, skipped))
     return studies
@@ -329,6 +415,10 @@ def run_stage(settings: Settings, stage: StageSpec, items: list[Item], space: Se
             tracker.close_parent(parent, {}, {"opsef.status": "interrupted"}, status="KILLED")
             raise
         workers.wait()
+    failure = _all_failed(study)
+    if failure:
+        tracker.close_parent(parent, {}, {"opsef.status": "failed", "opsef.error": failure}, status="FAILED")
+        raise StageFailed(failure)
     _finish_stage(settings, stage, study, ctx)
     best = _best_value(study)
     tracker.close_parent(
@@ -338,6 +428,20 @@ def run_stage(settings: Settings, stage: StageSpec, items: list[Item], space: Se
     )
     study.set_user_attr("cache_stats", ctx.cache.stats)
     return study
+
+
+def _all_failed(study: optuna.Study) -> str | None:
+    """A one-line summary when no trial of the stage completed but some failed with an error."""
+    trials = [t for t in study.get_trials(deepcopy=False) if t.user_attrs.get("value_source") != "tag"]
+    if any(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials):
+        return None
+    errors = Counter(t.user_attrs["error"] for t in trials if t.state == TrialState.FAIL and "error" in t.user_attrs)
+    if not errors:
+        return None
+    n = sum(errors.values())
+    reasons = "; ".join(f"{c}x {r[:200]}" for r, c in errors.most_common(3))
+    more = f" (+{len(errors) - 3} other reasons)" if len(errors) > 3 else ""
+    return f"stage {study.study_name}: all {n} trials failed: {reasons}{more}"
 
 
 def _stage_space(settings: Settings, stage: StageSpec, study: optuna.Study, base: SearchSpec,
@@ -425,7 +529,8 @@ def _trial_loop(settings: Settings, study: optuna.Study, ctx: TrialContext, budg
     stop = StopRequest()
     ctx.check_stop = stop.check
     previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # a failed trial is reported by our progress line; Optuna's own (with a traceback) is noise
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
     waited = False
     started: set[int] = set()
     try:

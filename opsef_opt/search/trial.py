@@ -195,7 +195,7 @@ def _give_back(trial: optuna.Trial) -> None:
     storage = trial.study._storage
     fixed = storage.get_trial_system_attrs(trial._trial_id).get("fixed_params")
     if fixed:
-        trial.study.enqueue_trial(fixed, skip_if_exists=False)
+        trial.study.enqueue_trial(fixed, user_attrs={"requeued_from": trial.number}, skip_if_exists=False)
 
 
 def _labels(pipeline: Pipeline) -> dict[str, str]:

@@ -28,9 +28,10 @@ def worker_main(settings: Settings, stage_name: str, index: int) -> None:
     logging.basicConfig(level=logging.INFO, format=f"[worker {index}] %(message)s", stream=sys.stdout)
     for name in ("alembic", "mlflow", "optuna", "urllib3", "numba", "git"):
         logging.getLogger(name).setLevel(logging.WARNING)
-    from opsef_opt.search.study import available_space, run_stage, stage_items
+    from opsef_opt.search.study import available_space, quiet_libraries, run_stage, stage_items
     from opsef_opt.track import Tracker
 
+    quiet_libraries()
     stage = next(s for s in settings.study.stages if s.name == stage_name)
     items, _ = stage_items(settings, stage, quiet=True)
     space, skipped = available_space(settings.study.search)

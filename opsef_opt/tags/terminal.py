@@ -26,9 +26,9 @@ def _score(run: TrialRun) -> float:
 
 def tag_mode(settings: Settings, stdin: TextIO = sys.stdin, out: TextIO = sys.stdout) -> int:
     """Run the tagging flow; return the exit code."""
-    from mlflow import MlflowClient
+    from opsef_opt.track import tracking_client
 
-    client = MlflowClient(settings.tracking_uri)
+    client = tracking_client(settings.tracking_uri)
     exp = client.get_experiment_by_name(settings.study.name)
     if exp is None:
         print(f"opsef-opt: study {settings.study.name} has no runs yet; run it first "

@@ -14,9 +14,23 @@ from typing import Any, Mapping
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 
-__all__ = ["Tracker", "metric_name"]
+from opsef_opt.backends import ensure_sqlite, quiet_db_logs
+
+__all__ = ["Tracker", "metric_name", "tracking_client"]
+
+
+def _init_store(uri: str) -> None:
+    """Create (or check) the tables of the tracking store at ``uri``."""
+    MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
 
 _BAD = re.compile(r"[^\w\-. /:]")
+
+
+def tracking_client(tracking_uri: str) -> MlflowClient:
+    """A client of the tracking store; a new SQLite store is created kill-safe (see ``opsef_opt.backends``)."""
+    ensure_sqlite(tracking_uri, _init_store, ("runs",), "MLflow tracking")
+    with quiet_db_logs():
+        return MlflowClient(tracking_uri=tracking_uri)
 
 
 def metric_name(name: str) -> str:
@@ -28,7 +42,7 @@ class Tracker:
     """Logs a study into an MLflow tracking store."""
 
     def __init__(self, tracking_uri: str, artifact_root: Path, experiment: str, description: str = "") -> None:
-        self.client = MlflowClient(tracking_uri=tracking_uri)
+        self.client = tracking_client(tracking_uri)
         self.tracking_uri = tracking_uri
         exp = self.client.get_experiment_by_name(experiment)
         if exp is None:
