@@ -199,7 +199,8 @@ def _has_rows(path: Path, tables: tuple[str, ...]) -> bool:
         con.close()
 
 
-def ensure_sqlite(url: str, init: Callable[[str], None], data_tables: tuple[str, ...], what: str) -> None:
+def ensure_sqlite(url: str, init: Callable[[str], None], data_tables: tuple[str, ...], what: str,
+                  forget: Callable[[str], None] = lambda url: None) -> None:
     """Make sure the SQLite database of ``url`` exists, complete, before anyone opens it.
 
     ``init(url)`` creates the tables of a database at ``url`` (e.g. by
@@ -209,7 +210,8 @@ def ensure_sqlite(url: str, init: Callable[[str], None], data_tables: tuple[str,
     whose initialisation fails and whose ``data_tables`` hold no row (left
     half-made by a killed first start of an older version) is moved aside to
     ``<name>.broken-<time>`` and rebuilt; one holding data is reported.
-    Other URLs are left alone.
+    ``forget(url)`` drops what the library cached for a URL (an engine
+    still connected to a file that was moved). Other URLs are left alone.
     """
     path = sqlite_path(url)
     if path is None:
@@ -225,6 +227,7 @@ def ensure_sqlite(url: str, init: Callable[[str], None], data_tables: tuple[str,
                     raise BackendError(f"{what} database {path} cannot be opened ({_first_line(e)}); it holds "
                                        f"data, so it is left as it is: move it aside to start a new one") from None
                 aside = path.with_name(f"{path.name}.broken-{time.strftime('%Y%m%d-%H%M%S')}")
+                forget(url)
                 os.replace(path, aside)
                 log.warning("%s database %s was left half-made by an interrupted start and held no data; "
                             "moved aside to %s and rebuilt", what, path, aside.name)
@@ -234,6 +237,7 @@ def ensure_sqlite(url: str, init: Callable[[str], None], data_tables: tuple[str,
         try:
             with quiet_db_logs():
                 init(f"sqlite:///{tmp}")
+            forget(f"sqlite:///{tmp}")
             os.replace(tmp, path)
         finally:
             tmp.unlink(missing_ok=True)

@@ -96,12 +96,12 @@ def _running_trial_and_complete(db: Path) -> tuple[int, int]:
     return states.count("RUNNING"), states.count("COMPLETE")
 
 
-def _interrupt_mid_trial(proc, db: Path, sig: int) -> None:
-    """Send ``sig`` to the study process while a trial runs, after at least two completed."""
+def _interrupt_mid_trial(proc, db: Path, sig: int, after: int = 2) -> None:
+    """Send ``sig`` to the study process while a trial runs, after at least ``after`` completed."""
     deadline = time.time() + 120
     while time.time() < deadline:
         running, complete = _running_trial_and_complete(db)
-        if complete >= 2 and running == 1:
+        if complete >= after and running == 1:
             os.kill(proc.pid, sig)
             return
         if proc.poll() is not None:
@@ -140,6 +140,60 @@ def test_kill_9_mid_trial_then_resume_completes_budget_once(tmp_path):
     for t in complete:
         arts = client.list_artifacts(t.user_attrs["mlflow_run_id"], "images/dsb2018_256")
         assert {Path(a.path).name for a in arts} == {"overlay.png", "labels.tif", "regions.csv"}
+
+
+def _completed(folder: Path) -> tuple[set, float]:
+    study = _study(folder)
+    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    return {tuple(sorted(t.params.items())) for t in done}, max(t.value for t in done)
+
+
+def test_kill_9_resumed_study_evaluates_what_an_uninterrupted_one_does(tmp_path):
+    """Budget below the grid: the interrupted pipeline runs next, not behind the rest of the grid."""
+    args = [*TINY, "n_trials=3", "heartbeat.interval=1", "heartbeat.grace=2"]
+    (tmp_path / "ref").mkdir()
+    (tmp_path / "killed").mkdir()
+    assert run_cli(*args, cwd=tmp_path / "ref").returncode == 0
+    proc = popen_cli(*args, cwd=tmp_path / "killed")
+    _interrupt_mid_trial(proc, tmp_path / "killed" / "studies" / "tiny" / "optuna.db", signal.SIGKILL, after=1)
+    proc.wait(timeout=30)
+    r = run_cli(*args, cwd=tmp_path / "killed")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "was interrupted (no heartbeat); its parameters are queued again" in r.stdout + r.stderr
+    states = _states(_study(tmp_path / "killed"))
+    assert states.count(optuna.trial.TrialState.FAIL) == 1 and states.count(optuna.trial.TrialState.COMPLETE) == 3
+    assert _completed(tmp_path / "killed") == _completed(tmp_path / "ref")
+    best = (tmp_path / "killed" / "studies" / "tiny" / "best.yaml").read_text()
+    reference = (tmp_path / "ref" / "studies" / "tiny" / "best.yaml").read_text()
+    assert best.split("\npipeline:")[1] == reference.split("\npipeline:")[1]  # same pipeline (trial numbers differ)
+
+
+def test_rgb_image_in_grey_study_stops_before_any_trial(tmp_path):
+    images = tmp_path / "images"
+    shutil.copytree(DEMO / "images", images)
+    rgb = np.stack([tifffile.imread(DEMO / "images" / "dsb2018_256.tif")] * 3, axis=-1)
+    tifffile.imwrite(images / "colour.tif", rgb, photometric="rgb")
+    labels = tmp_path / "labels"
+    shutil.copytree(DEMO / "labels", labels)
+    shutil.copy(labels / "dsb2018_256.tif", labels / "colour.tif")
+    r = run_cli(*TINY, f"study.images.folder={images}", f"study.images.labels.folder={labels}", cwd=tmp_path)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "image colour (RGB image, axes YXC) cannot reach any model" in r.stderr
+    assert "add a color step such as grayscale or stain" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "studies" / "tiny" / "optuna.db").exists()
+
+
+def test_stage_whose_every_trial_failed_exits_5_with_the_reasons(tmp_path):
+    missing = tmp_path / "no_such_package"
+    r = run_cli(*TINY, "~study.search.models.classical",
+                f"+study.search.models.needed={{family: bioimageio_unet, init: {{package: '{missing}'}}}}",
+                cwd=tmp_path)
+    assert r.returncode == 5, r.stdout + r.stderr
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith("opsef-opt: stage tiny/search: all 2 trials failed: 2x ")
+    assert "no bioimageio.yaml" in last
+    assert not (tmp_path / "studies" / "tiny" / "best.yaml").exists()
 
 
 def test_corrupt_tiff_is_reported_and_the_study_goes_on(tmp_path):
@@ -225,6 +279,7 @@ def test_ctrl_c_mid_trial_then_resume(tmp_path):
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 130, out
     assert "run the same command again to continue" in out
+    assert "Traceback" not in out and "KeyboardInterrupt" not in out
     r = run_cli(*args, cwd=tmp_path)
     assert r.returncode == 0, r.stdout + r.stderr
     states = _states(_study(tmp_path))

@@ -26,9 +26,19 @@ def _init_store(uri: str) -> None:
 _BAD = re.compile(r"[^\w\-. /:]")
 
 
+def _forget_engine(uri: str) -> None:
+    """Drop MLflow's cached database engine of ``uri`` (it stays connected to a file that was moved)."""
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    engines = getattr(SqlAlchemyStore, "_engine_map", {})
+    engine = engines.pop(uri, None)
+    if engine is not None:
+        engine.dispose()
+
+
 def tracking_client(tracking_uri: str) -> MlflowClient:
     """A client of the tracking store; a new SQLite store is created kill-safe (see ``opsef_opt.backends``)."""
-    ensure_sqlite(tracking_uri, _init_store, ("runs",), "MLflow tracking")
+    ensure_sqlite(tracking_uri, _init_store, ("runs",), "MLflow tracking", forget=_forget_engine)
     with quiet_db_logs():
         return MlflowClient(tracking_uri=tracking_uri)
 
