@@ -68,6 +68,11 @@ class ImagesSpec:
     train: tuple[str, ...] | None
     #: only some objects are labelled: score only the labelled ones (see opsef_opt.score.gt)
     labels_sparse: bool = False
+    #: file-name globs of files to leave out of the study (e.g. label files in the image folder)
+    exclude: tuple[str, ...] = ()
+    #: regular expression matched against the whole image file stem; its groups fill labels_pattern
+    #: ({1}, {2}, ... or {name}), e.g. 't(\\d+)' with 'man_seg{1}.tif' (Cell Tracking Challenge)
+    labels_regex: str | None = None
 
 
 @dataclass(frozen=True)
@@ -298,9 +303,66 @@ def _path(where: str, value: Any, base: Path) -> Path:
 # ---------------------------------------------------------------- sections
 
 _IMAGES_KEYS = {
-    "folder": None, "pattern": "*.tif", "files": None, "format": "auto", "channel": None,
+    "folder": None, "pattern": "*.tif", "exclude": None, "files": None, "format": "auto", "channel": None,
     "axes": None, "z": None, "lif": None, "labels": None, "train": None,
 }
+_LABELS_KEYS = {"folder": None, "pattern": "{stem}.tif", "regex": None, "sparse": False}
+
+
+def _globs(where: str, value: Any, what: str) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) and v for v in value):
+        raise ConfigError(f"{where}={value!r}: expected a list of {what}")
+    return tuple(value)
+
+
+def _labels(where: str, labels: Any, base: Path) -> tuple[Path, str, bool, str | None]:
+    """``images.labels``: (folder, pattern, sparse, regex), each checked; the pattern's fields must be filled."""
+    import re
+    import string
+
+    if not isinstance(labels, Mapping):
+        raise ConfigError(f"{where}={labels!r}: expected a mapping such as {{folder: data/labels, pattern: '{{stem}}.tif'}}")
+    _keys(where, labels, _LABELS_KEYS)
+    sparse = _typed(f"{where}.sparse", labels.get("sparse", False), (bool,), "true or false")
+    if labels.get("folder") is None:
+        raise ConfigError(f"{where}.folder: required when labels are given")
+    folder = _path(f"{where}.folder", labels["folder"], base)
+    if not folder.is_dir():
+        raise ConfigError(f"{where}.folder={str(folder)!r}: folder not found")
+    pattern = _typed(
+        f"{where}.pattern", labels.get("pattern") or _LABELS_KEYS["pattern"], (str,),
+        "a pattern such as '{stem}.tif' or '{stem}_labels.tif'",
+    )
+    regex = _typed(f"{where}.regex", labels.get("regex"), (str,),
+                   "a regular expression such as 't(\\d+)'", nullable=True)
+    fields: dict[str, str] = {"stem": "the image file name without suffix"}
+    if regex is not None:
+        try:
+            rx = re.compile(regex)
+        except re.error as e:
+            raise ConfigError(f"{where}.regex={regex!r}: not a valid regular expression ({e})") from None
+        if rx.groups == 0:
+            raise ConfigError(f"{where}.regex={regex!r}: needs a group, e.g. 't(\\d+)', whose text "
+                              f"{where}.pattern uses as {{1}}")
+        fields.update({str(i): f"group {i}" for i in range(rx.groups + 1)})
+        fields.update(dict.fromkeys(rx.groupindex, "a named group"))
+    try:
+        used = [f for _, f, _, _ in string.Formatter().parse(pattern) if f is not None]
+    except ValueError as e:
+        raise ConfigError(f"{where}.pattern={pattern!r}: {e}") from None
+    allowed = ", ".join("{" + f + "}" for f in fields)
+    for f in used:
+        if f not in fields:
+            raise ConfigError(f"{where}.pattern={pattern!r}: unknown field {{{f}}}; allowed: {allowed}"
+                              + ("" if regex else " (add labels.regex to use its groups)"))
+    if not used:
+        raise ConfigError(f"{where}.pattern={pattern!r}: must contain '{{stem}}'"
+                          + (" or a group of labels.regex, e.g. {1}" if regex else ""))
+    return folder, pattern, sparse, regex
 
 
 def _images(where: str, node: Mapping, base: Path, data_source: str) -> ImagesSpec:
@@ -332,22 +394,10 @@ def _images(where: str, node: Mapping, base: Path, data_source: str) -> ImagesSp
     _keys(f"{where}.lif", lif, {"image": None, "t": 0, "mosaic": None})
     lif_t = _int(f"{where}.lif.t", lif.get("t", 0), 0)
     lif_mosaic = _int(f"{where}.lif.mosaic", lif.get("mosaic"), 0, nullable=True)
-    labels = node["labels"]
-    labels_folder, labels_pattern, labels_sparse = None, "{stem}.tif", False
-    if labels is not None:
-        _keys(f"{where}.labels", labels, {"folder": None, "pattern": None, "sparse": False})
-        labels_sparse = _typed(f"{where}.labels.sparse", labels.get("sparse", False), (bool,), "true or false")
-        if labels.get("folder") is None:
-            raise ConfigError(f"{where}.labels.folder: required when labels are given")
-        labels_folder = _path(f"{where}.labels.folder", labels["folder"], base)
-        if not labels_folder.is_dir():
-            raise ConfigError(f"{where}.labels.folder={str(labels_folder)!r}: folder not found")
-        labels_pattern = _typed(
-            f"{where}.labels.pattern", labels.get("pattern") or labels_pattern, (str,),
-            "a pattern such as '{stem}.tif' or '{stem}_labels.tif'",
-        )
-        if "{stem}" not in labels_pattern:
-            raise ConfigError(f"{where}.labels.pattern={labels_pattern!r}: must contain '{{stem}}'")
+    exclude = _globs(f"{where}.exclude", node["exclude"], "file-name globs such as '*_labels.tif'")
+    labels_folder, labels_pattern, labels_sparse, labels_regex = None, _LABELS_KEYS["pattern"], False, None
+    if node["labels"] is not None:
+        labels_folder, labels_pattern, labels_sparse, labels_regex = _labels(f"{where}.labels", node["labels"], base)
     train = node["train"]
     if train is not None:
         if not isinstance(train, (list, tuple)) or not all(isinstance(t, str) for t in train):
@@ -355,7 +405,7 @@ def _images(where: str, node: Mapping, base: Path, data_source: str) -> ImagesSp
         train = tuple(train)
     return ImagesSpec(
         folder, pattern, files, fmt, channel, axes, z, lif.get("image"), lif_t, lif_mosaic,
-        labels_folder, labels_pattern, train, labels_sparse,
+        labels_folder, labels_pattern, train, labels_sparse, exclude, labels_regex,
     )
 
 

@@ -64,6 +64,16 @@ def test_overrides_reach_settings(tmp_path):
         ("+study.stages={a: {}, b: {from: a, space: refine, sampler: grid}}", "a refined space has continuous ranges"),
         ("+study.stages={a: {images: some}}", "study.stages.a.images='some'"),
         ("restart_stage=nope", "restart_stage='nope': the study has the stages search"),
+        ("+study.images.labels.regex='t(['", "study.images.labels.regex='t([': not a valid regular expression"),
+        ("+study.images.labels.regex=abc", "study.images.labels.regex='abc': needs a group"),
+        ("+study.images.labels.pattern='{id}.tif'", "study.images.labels.pattern='{id}.tif': unknown field {id}; "
+                                                    "allowed: {stem} (add labels.regex to use its groups)"),
+        ("+study.images.labels.pattern='{stem}_{2}.tif';+study.images.labels.regex='t([0-9]+)'",
+         "study.images.labels.pattern='{stem}_{2}.tif': unknown field {2}; allowed: {stem}, {0}, {1}"),
+        ("+study.images.labels.pattern=labels.tif", "study.images.labels.pattern='labels.tif': must contain '{stem}'"),
+        ("+study.images.labels.match=x", "study.images.labels.match: unknown key; allowed keys: folder, pattern, "
+                                         "regex, sparse"),
+        ("+study.images.exclude=[3]", "study.images.exclude=[3]: expected a list of file-name globs"),
     ],
 )
 def test_bad_values_are_named(tmp_path, override, expected):
@@ -87,6 +97,18 @@ def test_score_and_stages_defaults(tmp_path):
         ("taste", "tags", "tpe", s.n_trials)]
     assert s.study.stages[0].n_trials == 4
     assert s.study.score.tag_values["over"] == 0.5 and s.study.score.weights["consensus"] == 2.0
+
+
+def test_exclude_and_label_rules_reach_settings(tmp_path):
+    images = validate(_compose(), base=tmp_path).study.images
+    assert images.exclude == () and images.labels_pattern == "{stem}.tif" and images.labels_regex is None
+    images = validate(_compose("+study.images.exclude=['*_labels.tif', 'notes*']",
+                               "+study.images.labels.regex='t(?P<id>[0-9]+)'",
+                               "+study.images.labels.pattern='man_seg{id}.tif'"), base=tmp_path).study.images
+    assert images.exclude == ("*_labels.tif", "notes*")
+    assert (images.labels_regex, images.labels_pattern) == ("t(?P<id>[0-9]+)", "man_seg{id}.tif")
+    images = validate(_compose("+study.images.exclude='*_mask.tif'"), base=tmp_path).study.images
+    assert images.exclude == ("*_mask.tif",)
 
 
 def test_missing_folder_error_names_data_source(tmp_path):

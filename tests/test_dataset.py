@@ -83,16 +83,34 @@ def test_train_subset_and_unmatched_entries_reported():
     assert any("nope" in p for p in problems)
 
 
-def test_unreadable_file_and_missing_labels(tmp_path):
+def test_unreadable_file_left_out_and_missing_labels_stop_the_study(tmp_path):
     images, labels = tmp_path / "images", tmp_path / "labels"
     shutil.copytree(DEMO / "images", images)
-    labels.mkdir()
-    shutil.copy(DEMO / "labels" / "dsb2018_256.tif", labels)
+    shutil.copytree(DEMO / "labels", labels)
     (images / "zz_broken.tif").write_bytes(b"II*\x00garbage")
     items, problems = load_items(spec(images, labels=labels), ReshapeSpec())
     assert [i.name for i in items] == ["dsb2018_256", "mitocheck_hela"]
-    assert items[0].truth is not None and items[1].truth is None
+    assert all(i.truth is not None for i in items)
     assert len(problems) == 1 and "zz_broken.tif" in problems[0]
+    # a training image without its label file: no silent switch to the proxy score
+    (labels / "mitocheck_hela.tif").unlink()
+    with pytest.raises(ConfigError, match=r"1 training image\(s\) have no label file .*mitocheck_hela "
+                                          r"\(looked for mitocheck_hela.tif\)"):
+        load_items(spec(images, labels=labels), ReshapeSpec())
+
+
+def test_images_outside_train_may_lack_labels(tmp_path):
+    labels = tmp_path / "labels"
+    labels.mkdir()
+    shutil.copy(DEMO / "labels" / "dsb2018_256.tif", labels)
+    s = spec(DEMO / "images", labels=labels, train=("dsb*",))
+    items, problems = load_items(s, ReshapeSpec())
+    assert [i.name for i in items] == ["dsb2018_256"] and items[0].truth is not None and problems == []
+    items, problems = load_items(s, ReshapeSpec(), train_only=False)
+    assert [(i.name, i.truth is not None) for i in items] == [("dsb2018_256", True), ("mitocheck_hela", False)]
+    assert problems == ["study.images.labels: 1 image(s) outside study.images.train have no label file: "
+                        "mitocheck_hela (looked for mitocheck_hela.tif); a stage with images: all scores them "
+                        "without ground truth (objective auto then uses the proxy score)"]
 
 
 def test_no_matching_files_is_a_config_error(tmp_path):

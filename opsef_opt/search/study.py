@@ -217,15 +217,26 @@ def available_space(space: SearchSpec) -> tuple[SearchSpec, dict[str, str]]:
     return replace(space, models=tuple(keep)), skipped
 
 
-def _objective(settings: Settings, stage: StageSpec, items: list[Item], tracker: Tracker) -> Objective:
-    with_truth = [i.truth is not None for i in items]
-    name = resolve_objective(stage.objective, all(with_truth))
-    if name.startswith("gt_") and not all(with_truth):
-        missing = [i.name for i, t in zip(items, with_truth) if not t]
+def objective_name(settings: Settings, stage: StageSpec, items: list[Item]) -> str:
+    """The stage's resolved objective; ``auto`` is ground truth exactly when the study declares labels.
+
+    A missing label file never turns ``auto`` into the proxy: a ground-truth
+    objective with images that have no labels is a config error naming them.
+    """
+    name = resolve_objective(stage.objective, settings.study.images.labels_folder is not None)
+    missing = [i.name for i in items if i.truth is None]
+    if name.startswith("gt_") and missing:
+        why = " (auto, because the study declares labels)" if stage.objective == "auto" else ""
         raise ConfigError(
-            f"stage {stage.name}: objective {name} needs ground-truth labels, missing for {missing[:5]}; "
-            f"set study.images.labels or use objective=auto"
-        )
+            f"stage {stage.name}: objective {name}{why} needs ground truth for every image it scores; "
+            f"{len(missing)} have none: {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}; add their "
+            f"label files, or set this stage's objective to proxy (study.stages.{stage.name}.objective or "
+            f"study.score.objective)")
+    return name
+
+
+def _objective(settings: Settings, stage: StageSpec, items: list[Item], tracker: Tracker) -> Objective:
+    name = objective_name(settings, stage, items)
     model = None
     if name in ("tags", "tag_model"):
         runs = trial_runs(tracker.client, tracker.experiment_id, settings.study.name)
@@ -343,6 +354,7 @@ def run_search(settings: Settings) -> list[optuna.Study]:
         if stage.images not in loaded:
             loaded[stage.images] = stage_items(settings, stage, quiet=bool(loaded))
         preflight(settings, stage, loaded[stage.images][0], space)
+        objective_name(settings, stage, loaded[stage.images][0])
     settings.study_dir.mkdir(parents=True, exist_ok=True)
     tracker = Tracker(settings.tracking_uri, settings.studies_dir / "mlartifacts", settings.study.name,
                       settings.study.description)
