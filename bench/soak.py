@@ -8,9 +8,9 @@ Two phases, each against an uninterrupted reference run of the same command
   after start, spread over the first seconds, when the databases are being
   created and migrated; then runs the same command to the end.
 - **mid-trial**: one folder; each cycle starts the command and kills it at a
-  random moment after a trial is running (during preprocessing, model,
-  scoring, recording, or between trials); after all cycles the same command
-  runs to the end.
+  random moment after it started a trial of its own (during preprocessing,
+  model, scoring, recording, or between trials); after all cycles the same
+  command runs to the end.
 
 Printed per phase: how many restarts failed, completed trials, trials left
 RUNNING, duplicate pipelines among completed trials, the trial <-> MLflow run
@@ -79,17 +79,26 @@ def finish(cmd: list[str], cwd: Path, log: Path, timeout: float = 900) -> int:
         return subprocess.run(cmd, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, timeout=timeout).returncode
 
 
-def running_trials(db: Path) -> int:
+def _query(db: Path, sql: str) -> int:
     if not db.exists():
         return 0
     try:
         con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1)
         try:
-            return con.execute("select count(*) from trials where state = 'RUNNING'").fetchone()[0]
+            return con.execute(sql).fetchone()[0] or 0
         finally:
             con.close()
     except sqlite3.Error:
         return 0
+
+
+def last_trial_id(db: Path) -> int:
+    return _query(db, "select max(trial_id) from trials")
+
+
+def new_running_trials(db: Path, after: int) -> int:
+    """Trials this process started and is running (not one left RUNNING by the previous kill)."""
+    return _query(db, f"select count(*) from trials where state = 'RUNNING' and trial_id > {after}")
 
 
 def outcome(folder: Path, study: str) -> Outcome:
@@ -192,9 +201,10 @@ def mid_trial_phase(root: Path, args, ref: Outcome) -> bool:
     rng = random.Random(args.seed)
     kills = 0
     for _ in range(args.mid_cycles):
+        before = last_trial_id(db)
         proc = start(cmd, folder, folder / "log.txt")
         deadline = time.time() + 120
-        while time.time() < deadline and proc.poll() is None and running_trials(db) == 0:
+        while time.time() < deadline and proc.poll() is None and new_running_trials(db, before) == 0:
             time.sleep(0.02)
         if proc.poll() is not None:
             print("  the study finished before all kills were made; raise --trials")
