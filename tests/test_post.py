@@ -309,3 +309,17 @@ def test_vectorised_crofton_perimeter_equals_scikit_images_per_object_one():
     labels[5:8, 9:11] = 4
     ref = regionprops_table(labels, properties=("label", "perimeter_crofton"))
     np.testing.assert_allclose(perimeter_crofton(labels, ref["label"]), ref["perimeter_crofton"], rtol=1e-12)
+
+
+def test_tsne_embeds_a_seeded_sample_of_large_tables(tmp_path, monkeypatch):
+    from opsef_opt.post import analysis
+
+    monkeypatch.setattr(analysis, "TSNE_MAX_OBJECTS", 40)
+    rng = np.random.default_rng(1)
+    table = pd.DataFrame({"area": rng.normal(100, 10, 90), "mean_intensity": rng.normal(1, 0.1, 90),
+                          "eccentricity": rng.random(90)})
+    paths, out = analysis.analysis_plots(table, tmp_path, scatter=(), pca=True, tsne=True, seed=3)
+    assert [p.name for p in paths] == ["pca.png", "tsne.png"]
+    assert out["pca_1"].notna().sum() == 90 and out["tsne_1"].notna().sum() == 40
+    _, again = analysis.analysis_plots(table, tmp_path / "b", scatter=(), pca=False, tsne=True, seed=3)
+    assert (again["tsne_1"].notna() == out["tsne_1"].notna()).all()  # the same sample for the same seed

@@ -6,7 +6,10 @@ matches each file to its image (by name, see
 :func:`opsef_opt.export.reimport.import_edited`), measures the objects on
 the raw image and writes the same outputs as the apply mode under
 ``studies/NAME/apply/<run>/`` (default run name ``edited-<folder>``).
-Archives are untrusted input: see :mod:`opsef_opt.export.reimport`.
+Archives are untrusted input: see :mod:`opsef_opt.export.reimport`. A matched file that is
+refused (unsafe, over a limit, malformed) fails its image with a message naming the file and
+the reason; when no file could be read back the run stops with those messages, and only when no
+file matched any image name with "no label image or ROI zip matches an image of the study".
 """
 from __future__ import annotations
 
@@ -47,13 +50,23 @@ def run_reimport(settings: Settings) -> ApplyReport:
     run_dir.mkdir(parents=True, exist_ok=True)
     report = ApplyReport(run_dir, failed={p.split(":")[0]: p for p in problems})
     by_name = {s.name: s for s in sources}
-    labels, unmatched = import_edited(folder, list(by_name), {n: s.shape_yx for n, s in by_name.items()})
-    for p in unmatched:
-        log.warning("%s", p)
+    refused: dict[str, str] = {}  # image name -> why its matched file was not read back
+    labels, notes = import_edited(folder, list(by_name), {n: s.shape_yx for n, s in by_name.items()},
+                                  refused=refused)
+    reasons = set(refused.values())
+    for note in notes:  # one line per file (a ROI zip's findings are summarised in one line)
+        if note not in reasons:
+            log.warning("%s", note)
+    if not labels and refused:  # files did match: say what is wrong with each of them
+        raise ApplyError(f"edited={folder}: no edited file could be read back; "
+                         + "; ".join(refused[n] for n in sorted(refused)))
     if not labels:
         raise ApplyError(f"edited={folder}: no label image or ROI zip matches an image of the study "
-                         f"(expected <image name>.tif, <image name>_labels.tif or <image name>.zip); "
-                         + "; ".join(unmatched))
+                         f"(expected <image name>.tif, <image name>_labels.tif or <image name>.zip)"
+                         + "".join(f"; {note}" for note in notes))
+    for name in sorted(refused):  # an image whose edits could not be read back failed
+        report.failed[name] = refused[name]
+        log.error("%s", refused[name])
     spec = settings.study.apply
     t0 = time.perf_counter()
     for name, lab in labels.items():

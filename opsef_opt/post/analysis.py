@@ -29,6 +29,8 @@ log = logging.getLogger(__name__)
 
 #: fewer objects than this: no PCA / t-SNE (an embedding of 4 points shows nothing)
 MIN_OBJECTS = 5
+#: t-SNE embeds at most this many objects (a seeded random sample of larger tables)
+TSNE_MAX_OBJECTS = 5000
 _CLUSTER_METHODS = ("kmeans", "agglomerative")
 
 
@@ -139,7 +141,8 @@ def analysis_plots(
     * ``features`` (default: ``default_features``) are standardised and used
       for ``pca.png`` (2 components, explained variance on the axes) and
       ``tsne.png`` (perplexity min(30, (n - 1) / 3), PCA initialisation,
-      ``random_state=seed``). Both need >= ``MIN_OBJECTS`` objects and >= 2
+      ``random_state=seed``; above ``TSNE_MAX_OBJECTS`` objects a seeded random
+      sample of that many, the others get NaN t-SNE coordinates). Both need >= ``MIN_OBJECTS`` objects and >= 2
       usable features, else they are skipped with a logged reason. Feature
       columns more than half NaN are dropped; objects with a NaN in the rest
       are left out (logged).
@@ -232,10 +235,20 @@ def analysis_plots(
     if tsne:
         from sklearn.manifold import TSNE
 
-        perplexity = float(min(30.0, (n_rows - 1) / 3))
+        # t-SNE costs O(n log n) with a large constant (minutes at 10^5 objects): above
+        # TSNE_MAX_OBJECTS it embeds a seeded random sample, and the others get NaN coordinates
+        index = np.flatnonzero(rows)
+        picked = np.arange(n_rows)
+        if n_rows > TSNE_MAX_OBJECTS:
+            picked = np.sort(np.random.default_rng(seed).choice(n_rows, TSNE_MAX_OBJECTS, replace=False))
+            log.info("analysis: t-SNE of a random sample of %d of %d objects", TSNE_MAX_OBJECTS, n_rows)
+        n_tsne = len(picked)
+        perplexity = float(min(30.0, (n_tsne - 1) / 3))
         coords = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed,
-                      learning_rate="auto").fit_transform(scaled)
-        out.loc[rows, ["tsne_1", "tsne_2"]] = coords
+                      learning_rate="auto").fit_transform(scaled[picked])
+        out.loc[index[picked], ["tsne_1", "tsne_2"]] = coords
+        sample = f", {n_tsne} of {n_rows} objects sampled" if n_tsne < n_rows else ""
+        col_t = col.iloc[picked] if col is not None else None
         paths.append(_plot(folder / "tsne.png", coords[:, 0], coords[:, 1], "t-SNE 1", "t-SNE 2",
-                           f"t-SNE (perplexity {perplexity:.1f})", col, colour_name))
+                           f"t-SNE (perplexity {perplexity:.1f}{sample})", col_t, colour_name))
     return paths, out
