@@ -1,183 +1,457 @@
-"""Do the unsupervised proxies rank candidate pipelines the way ground truth does?
+"""Do the unsupervised scores pick the pipeline ground truth would pick, on data they were not tuned on?
 
-For every instance ground-truth dataset in ../shared/data/gt (and StarDist's 512x512
-DSB 2018 sample), a set of varied candidate pipelines (preprocessing x
-classical threshold/watershed settings x U-Net thresholds) is run on every
-image. For each proxy, and for weighted combinations, it prints:
+Corpus and search spaces: ``bench/_validity_corpus.py`` (every 2D instance-GT
+dataset in ``../shared/data/gt`` plus StarDist's DSB 512 image; per dataset
+a 6 x 10 grid a user would write: preprocessings incl. wrong polarity and
+over-smoothing x classical / shipped U-Net / tiny self-trained StarDist and
+Cellpose settings). Every candidate's label images are cached on disk, so
+``--rescore-only`` re-scores with the current scoring code without running
+any model.
 
-- Spearman rho between the proxy and the GT F1 at IoU 0.5 across candidates
-  (mean over the dataset's images; sparse F1 for the sparse dataset);
-- regret = best GT F1 among candidates - GT F1 of the candidate the proxy
-  ranks first (0 = the proxy picks the best pipeline).
+Scoring is the LIBRARY's, as a study does it:
 
-Proxies are computed exactly as in a study (``Objective.image_metrics``):
-the consensus of a candidate is the majority of all *other* candidates.
+* per image, every registered proxy by ``Objective(spec, "proxy").image_metrics``
+  (the stability proxy re-runs the candidate's pipeline through a cache);
+* the end-of-stage re-score by ``opsef_opt.search.rescore.final_scores`` on a
+  ``LabelStore`` holding all candidates (what ``best.yaml`` ranks by:
+  ``score.final``). Called once on all images (the default combined score)
+  and once per image (per-image final consensus and any other
+  ``proxy.<name>.final``, needed to re-combine with other weights);
+* other weightings by ``opsef_opt.score.proxies.combine`` on those per-image
+  values, averaged over images (as ``final_scores`` does). The consensus
+  voters stay the ones chosen with the default weights;
+* tags: ``opsef_opt.tags.queue.simulate_tagging`` when it exists, otherwise
+  random simulated tags fed to ``fit_tag_model`` (see :func:`tag_curve`).
 
-Usage: python bench/proxy_validity.py [--quick] [--perturbations shift,zoom_out]
-       [--weights consensus=0.5,stability=0.2,...] [--datasets dsb2018_256,mitocheck]
+What it prints, per dataset = per held-out fold:
+
+* each proxy's Spearman rho (with GT F1 at IoU 0.5; sparse F1 on the sparse
+  set) and regret (grid-best GT F1 minus the GT F1 of the proxy's pick; a tie
+  at the top counts as the mean GT F1 of the tied candidates);
+* the combined score with the default weights (``score.final``), and with
+  the weights chosen by leave-one-dataset-out (LODO) on the other datasets;
+* catches: how many candidates with GT F1 < 0.1 rank above the median of each
+  score; how many are flagged by ``sanity`` == 0 and ``plausible`` == 0 (when
+  that proxy exists) and how many flagged ones were in fact good (GT F1 >= 0.5);
+* the tag curve: regret after 5 / 10 / 20 simulated tags.
+
+Then a summary table (held-out fold numbers of the LODO-chosen combination,
+and the default's), the mean, the weights chosen on all datasets (a proposed
+default whose honest estimate is the LODO table), the held-out means under
+both LODO objectives, and the H&E polarity section (``raw/he_example.tif``,
+centre 512 x 512 crop, no GT, so no GT numbers: how many of the 12
+wrong-polarity candidates, grey without invert or haematoxylin with invert,
+rank above the median, and what ``sanity``/``plausible`` say about them).
+
+Runtime on the shared 2-core machine (load ~10): first run ~20 min (plus
+~5 min once to train the tiny models, kept in the cache), ``--rescore-only``
+~7 min. ``--refresh cellpose,stardist`` re-runs those families (e.g. after
+their confidences change); the U-Net's post-processing always re-runs from
+its cached probability maps.
+
+Leave-one-dataset-out: the only design choice this bench makes is the weight
+vector of the combined score, over the grid {0, 0.5, 1, 2} for each of
+shape, consensus, separation, contrast, confidence and stability (other
+registered proxies and the gate keep their default weights; weight vectors
+that differ only by scale are one point; all-zero is excluded). For each
+held-out dataset the weights are chosen by :func:`choose_weights`, which is
+given ONLY the other datasets' numbers: it maximises the mean over those
+datasets of (rho - regret) (``--lodo-objective worst`` maximises the worst
+dataset's rho - regret instead); ties go to the point closest to the default
+weights. The held-out dataset's numbers under that choice are the estimate.
+
+Usage: python bench/proxy_validity.py [--rescore-only] [--datasets a,b] [--quick] [--no-he] [--no-tiny]
+       [--tags 5,10,20] [--tag-seeds 5] [--lodo-objective mean|worst] [--save metrics.csv]
+       [--refresh cellpose,stardist]
 """
 from __future__ import annotations
 
 import argparse
+import inspect
+import itertools
 import math
+import os
+import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable, Mapping, Sequence
 
-import numpy as np
-import tifffile
-from scipy.stats import spearmanr
+if __name__ == "__main__":
+    # one thread per library (before they are imported): on a shared 2-core machine more threads
+    # were slower (tiny Cellpose on 512 x 512: 10 s with the default threads, 2 s with one)
+    for _var in ("OPSEF_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS",
+                 "NUMBA_NUM_THREADS", "TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS"):
+        os.environ.setdefault(_var, os.environ.get("VALIDITY_THREADS", "1"))
 
-from opsef_opt.config import score_spec
-from opsef_opt.preprocess import normalize01, run_chain
-from opsef_opt.score import ImageResult
-from opsef_opt.score.objective import Objective
-from opsef_opt.score.proxies import ConsensusAccumulator, combine
-from opsef_opt.search.pool import ConsensusPool, LabelStore
-from opsef_opt.segment import load_segmenter
+import numpy as np  # noqa: E402
+from scipy.stats import spearmanr  # noqa: E402
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+_HERE = str(Path(__file__).resolve().parent)
+sys.path.insert(0, _HERE)  # only for this import: bench/ also holds modules named like common packages (models.py)
+try:
+    from _validity_corpus import (CacheMiss, Candidate, Dataset, SegCache, array_hash,  # noqa: E402
+                                  ensure_tiny_models, he_sanity_dataset, load_corpus, segment_code_hash)
+finally:
+    sys.path.remove(_HERE)
 
-PREPROCESS = {
-    "none": (),
-    "gaussian1": (("filter", "gaussian", {"sigma": 1.0}),),
-    "median3": (("filter", "median", {"size": 3}),),
-    "tophat15": (("background", "tophat", {"radius": 15}),),
-    "clahe": (("histogram", "clahe", {"clip_limit": 0.02}),),
-    "gauss2+clahe": (("filter", "gaussian", {"sigma": 2.0}), ("histogram", "clahe", {"clip_limit": 0.02})),
-}
-MODELS = (
-    [("classical", {}, {"threshold": th, "min_distance": md}) for th in ("otsu", "li", "triangle", "yen")
-     for md in (2, 5, 10)]
-    + [("bioimageio_unet", {"package": "unet2d_nuclei_broad"}, {"threshold": th, "min_distance": md})
-       for th in (0.3, 0.5, 0.7) for md in (3, 8)]
-)
+from opsef_opt.config import score_spec  # noqa: E402
+from opsef_opt.preprocess import normalize01, run_chain  # noqa: E402
+from opsef_opt.score import PROXIES, ImageResult  # noqa: E402
+from opsef_opt.score.objective import Objective  # noqa: E402
+from opsef_opt.score.proxies import combine  # noqa: E402
+from opsef_opt.search.pool import LabelStore  # noqa: E402
+from opsef_opt.search.rescore import final_scores  # noqa: E402
+from opsef_opt.segment import load_segmenter  # noqa: E402
 
-
-def datasets(names: set[str] | None) -> dict[str, tuple[list[tuple[str, np.ndarray, np.ndarray]], bool]]:
-    """name -> ([(image name, image, truth)], sparse)."""
-    out = {}
-    g = SHARED / "gt"
-    out["dsb2018_256"] = ([("dsb2018_256", tifffile.imread(g / "dsb2018_256/image.tif"),
-                            tifffile.imread(g / "dsb2018_256/labels.tif"))], False)
-    out["mitocheck"] = ([("mitocheck", tifffile.imread(g / "mitocheck/image.tif"),
-                          tifffile.imread(g / "mitocheck/labels.tif"))], False)
-    out["bbbc007_sparse"] = ([(p.stem, tifffile.imread(p), tifffile.imread(g / "bbbc007_sparse/labels" / p.name))
-                              for p in sorted((g / "bbbc007_sparse/images").glob("*.tif"))], True)
-    # gt/bbbc007_semantic is not used: its masks are sparse training scribbles
-    # (~2% of pixels, class 1 on background, class 2 on nuclei), not instances.
-    from stardist.data import test_image_nuclei_2d
-
-    img, mask = test_image_nuclei_2d(return_mask=True)
-    out["stardist_dsb512"] = ([("dsb512", img, mask)], False)
-    return {k: v for k, v in out.items() if not names or k in names}
+#: the weights the LODO grid varies (those registered), and the grid values
+GRID_PROXIES = ("shape", "consensus", "separation", "contrast", "confidence", "stability")
+GRID_VALUES = (0.0, 0.5, 1.0, 2.0)
+TAG_COUNTS = (5, 10, 20)
+#: "broken" pipelines for the catches
+BROKEN_F1 = 0.1
+GOOD_F1 = 0.5
 
 
-def run_candidates(images, sparse: bool, spec, quick: bool):
-    """Per candidate: labels and image metrics (without consensus) per image."""
-    objective = Objective(spec, "proxy", sparse)
-    prep = dict(list(PREPROCESS.items())[:3]) if quick else PREPROCESS
-    models = MODELS[::2] if quick else MODELS
-    cands = []
-    for pname, steps in prep.items():
-        for family, init, params in models:
-            model = load_segmenter(family, **init)
-            label = f"{pname} | {family}({', '.join(f'{k}={v}' for k, v in params.items())})"
-            per = []
-            for name, img, truth in images:
-                image, axes = run_chain(img, "YX", steps)
-                seg = model(image, axes, **params)
-                labels = seg.labels
-
-                def segment(src, steps=steps, model=model, params=params):
-                    im, ax = run_chain(src, "YX", steps)
-                    return model(im, ax, **params).labels
-
-                res = ImageResult(labels, image, truth, raw=normalize01(img.astype(np.float32)),
-                                  confidence=seg.confidence, consensus=None, source=img, source_axes="YX", segment=segment)
-                m = objective.image_metrics(res)
-                per.append((name, labels, m))
-            cands.append((label, per))
-    return cands
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
 
 
-def add_consensus(cands, images, spec) -> None:
-    """Consensus of each candidate against the others, as a finished stage computes it.
+# ====================================================================================== segmentation
 
-    Uses the study's own :class:`ConsensusPool` (majority of the plausible
-    half); ``consensus_all`` is the plain majority of all other candidates,
-    for comparison.
+@dataclass
+class Scored:
+    """One dataset's candidates after scoring (arrays are over candidates)."""
+
+    name: str
+    labels: list[str]
+    candidates: list[Candidate]
+    f1: np.ndarray
+    proxies: dict[str, np.ndarray]  # proxy name -> per-candidate mean (pool-relative ones: final)
+    default: np.ndarray  # score.final as final_scores gives it (what best.yaml ranks by)
+    per_image: list[list[dict[str, float]]]  # candidate -> image -> {proxy name: value} for combine()
+    trial: list[dict[str, float]]  # candidate -> trial-level metrics (tag model features)
+    n_images: int = 1
+    note: str = ""
+    seconds: float = 0.0
+    cache_stats: dict = field(default_factory=dict)
+    misses: int = 0
+    sparse: bool = False
+
+
+def _reference(img: np.ndarray, axes: str, shape, shown: np.ndarray) -> np.ndarray:
+    """The raw reference intensities, exactly as a study computes them (search.trial.reference_intensities)."""
+    try:
+        from opsef_opt.io.dataset import Item
+        from opsef_opt.search.trial import reference_intensities
+
+        item = Item(name="x", image="x", data=img, axes=axes, truth=None, source="bench", fingerprint="x")
+        return reference_intensities(item, shape, shown)
+    except (ImportError, TypeError):
+        data = img.mean(axis=-1) if "C" in axes else img
+        return normalize01(np.asarray(data, np.float32))
+
+
+def segment_dataset(ds: Dataset, spec, rescore_only: bool, refresh: set[str]) -> tuple[list, SegCache, int]:
+    """Per candidate, per image: (labels, image metrics from Objective.image_metrics).
+
+    Segmentations come from (and go to) the cache; ``rescore_only`` never runs a model.
     """
-    from opsef_opt.score import PROXIES
+    objective = Objective(spec, "proxy", ds.sparse)
+    cache = SegCache(ds.name, rescore_only=rescore_only, refresh=refresh)
+    keys = [array_hash(img) for _, img, _ in ds.images]
+    refs: dict[int, np.ndarray] = {}
+    out = []
+    misses = 0
+    t0 = time.perf_counter()
+    for k, cand in enumerate(ds.candidates):
+        init, params = dict(cand.init), dict(cand.params)
+        model = load_segmenter(cand.family, **init)
+        network_cached = hasattr(model, "probability")  # U-Net: re-run post-processing from cached probabilities
+        if network_cached:
+            cache.memo_probability(model)
+        per = []
+        for i, (name, img, truth) in enumerate(ds.images):
+            image, axes = run_chain(img, ds.axes, cand.steps)
+            entry = None if network_cached else cache.load(cand, keys[i])
+            dirty = not cache.path(cand, keys[i]).is_file() if network_cached else entry is None
+            if network_cached:
+                seg = model(image, axes, **params)  # the network output comes from the probability cache
+                stab = {}
+            elif entry is not None:
+                seg = _Seg(entry["labels"], entry["confidence"], entry["extra"])
+                stab = entry["stab"]
+                cache.stats["hit"] += 1
+            elif rescore_only:
+                raise CacheMiss(f"{ds.name}: {cand.label} on {name} is not cached (run without --rescore-only)")
+            else:
+                seg = model(image, axes, **params)
+                stab = {}
+                cache.stats["run"] += 1
+            n_stab = len(stab)
+            segment = _cached_segment(model, cand, ds.axes, params, stab, rescore_only and not network_cached)
+            if i not in refs:
+                refs[i] = _reference(img, ds.axes, seg.labels.shape, image)
+            result = dict(labels=seg.labels, image=image, truth=truth, raw=refs[i], confidence=seg.confidence,
+                          consensus=None, source=img, source_axes=ds.axes, segment=segment)
+            result.update(_extra_fields(seg))
+            try:
+                m = objective.image_metrics(ImageResult(**result))
+            except CacheMiss:
+                misses += 1
+                result["segment"] = None
+                m = objective.image_metrics(ImageResult(**result))
+            n = int(seg.labels.max())
+            m.update(n_objects=n, mean_object_area=float(np.count_nonzero(seg.labels)) / max(n, 1))
+            if dirty or len(stab) != n_stab:
+                cache.save(cand, keys[i], {"labels": seg.labels, "confidence": seg.confidence,
+                                           "extra": getattr(seg, "extra", {}) or {}, "stab": stab})
+            per.append((name, seg.labels, m))
+        out.append(per)
+        if (k + 1) % 10 == 0 or k + 1 == len(ds.candidates):
+            log(f"  {ds.name}: {k + 1}/{len(ds.candidates)} candidates ({time.perf_counter() - t0:.0f} s)")
+    return out, cache, misses
 
-    consensus = PROXIES.get("consensus").func
-    opts = spec.options("consensus")
-    with tempfile.TemporaryDirectory() as tmp:
+
+@dataclass
+class _Seg:
+    labels: np.ndarray
+    confidence: dict | None
+    extra: dict
+
+
+def _extra_fields(seg) -> dict:
+    """Pass model outputs to ImageResult fields that exist (e.g. a probability map, once ImageResult has one)."""
+    fields = set(getattr(ImageResult, "__dataclass_fields__", {}))
+    out = {}
+    extra = getattr(seg, "extra", {}) or {}
+    if "extra" in fields:
+        out["extra"] = extra
+    for key, value in extra.items():
+        if key in fields and key not in ("labels", "image", "truth", "raw", "confidence", "consensus", "source",
+                                         "source_axes", "segment"):
+            out[key] = value
+    return out
+
+
+def _cached_segment(model, cand: Candidate, axes: str, params: dict, stab: dict, rescore_only: bool
+                    ) -> Callable[[np.ndarray], np.ndarray]:
+    """The candidate's whole pipeline as a function of the input (what the stability proxy perturbs), cached."""
+
+    def segment(source: np.ndarray) -> np.ndarray:
+        if hasattr(model, "probability"):  # probabilities cached by content: cheap, and current post-processing
+            image, out_axes = run_chain(source, axes, cand.steps)
+            return model(image, out_axes, **params).labels
+        key = array_hash(source)
+        if key not in stab:
+            if rescore_only:
+                raise CacheMiss(f"{cand.label}: stability input {key} not cached")
+            image, out_axes = run_chain(source, axes, cand.steps)
+            stab[key] = np.asarray(model(image, out_axes, **params).labels)
+        return stab[key]
+
+    return segment
+
+
+# ======================================================================================= library rescore
+
+def library_final_scores(labels: Sequence[Mapping[str, np.ndarray]], metrics: Sequence[Mapping[str, Mapping]],
+                         spec, candidates: Sequence[Candidate]) -> dict[int, dict[str, float]]:
+    """``opsef_opt.search.rescore.final_scores`` on a LabelStore holding these candidates (trial k = candidate k).
+
+    Arguments are matched to its signature by name, so a re-score that takes
+    more (e.g. the candidates' pipelines, for families of near-duplicates) is
+    given them when it asks for them under one of the names below.
+    """
+    with tempfile.TemporaryDirectory(prefix="validity-store-") as tmp:
         store = LabelStore(Path(tmp))
-        for k, (_, per) in enumerate(cands):
-            store.save(k, {n: lab for n, lab, _ in per}, {n: m for n, _, m in per})
-        pool = ConsensusPool(store, spec)
-        pool.refresh()
-        for k, (_, per) in enumerate(cands):
-            for name, lab, m in per:
-                got = consensus(ImageResult(lab, np.zeros(0), consensus=pool.consensus(name, k)), **opts)
-                m.update({f"proxy.{key}": v for key, v in got.items()})
-    for i, (name, img, truth) in enumerate(images):
-        acc = ConsensusAccumulator(truth.shape)
-        for _, per in cands:
-            acc.add(per[i][1])
-        for _, per in cands:
-            lab = per[i][1]
-            got = consensus(ImageResult(lab, np.zeros(0), consensus=acc.labels(exclude=lab)), **opts)
-            per[i][2]["proxy.consensus_all"] = got["consensus"]
+        for k, (lab, met) in enumerate(zip(labels, metrics)):
+            store.save(k, lab, met)
+        trials = list(range(len(labels)))
+        pipelines = {k: c.describe() for k, c in enumerate(candidates)}
+        available = {"store": store, "stores": [store], "spec": spec, "objective": "proxy", "trials": trials,
+                     "pipelines": pipelines, "params": pipelines, "descriptions": pipelines}
+        sig = inspect.signature(final_scores)
+        args, kwargs = [], {}
+        for p in sig.parameters.values():
+            if p.name not in available:
+                if p.default is inspect.Parameter.empty:
+                    raise TypeError(f"final_scores needs {p.name!r}, which the bench does not know how to give")
+                continue
+            if p.kind in (p.POSITIONAL_ONLY,):
+                args.append(available[p.name])
+            else:
+                kwargs[p.name] = available[p.name]
+        return {int(k): v for k, v in final_scores(*args, **kwargs).items()}
 
+
+def rescore(ds: Dataset, segs: list, spec) -> tuple[np.ndarray, list[list[dict]], list[dict]]:
+    """Default combined score per candidate, per-image values for combine(), trial-level metrics."""
+    n_img = len(ds.images)
+    names = [n for n, _, _ in ds.images]
+    proxies = list(PROXIES.names()) if hasattr(PROXIES, "names") else [p.name for p in spec.proxies]
+    # per-image stores: per-image final values (consensus against the same pool, image by image)
+    per_image_final: list[dict[int, dict]] = []
+    for i in range(n_img):
+        per_image_final.append(library_final_scores(
+            [{names[i]: per[i][1]} for per in segs], [{names[i]: per[i][2]} for per in segs], spec, ds.candidates))
+    if n_img == 1:
+        joint = per_image_final[0]
+    else:
+        joint = library_final_scores([{n: lab for n, lab, _ in per} for per in segs],
+                                     [{n: m for n, _, m in per} for per in segs], spec, ds.candidates)
+    objective = Objective(spec, "proxy", ds.sparse)
+    default = np.array([joint.get(k, {}).get("score.final", math.nan) for k in range(len(segs))], float)
+    values, trial = [], []
+    for k, per in enumerate(segs):
+        rows, metrics = [], []
+        for i, (name, lab, m) in enumerate(per):
+            m = dict(m)
+            for key, v in per_image_final[i].get(k, {}).items():
+                if key.startswith("proxy.") and key.endswith(".final") and key != "proxy.final":
+                    m[key[:-len(".final")]] = v  # e.g. proxy.consensus <- proxy.consensus.final
+            metrics.append(m)
+            rows.append({p: m.get(f"proxy.{p}", math.nan) for p in proxies})
+        values.append(rows)
+        results = [ImageResult(lab, np.zeros(0, np.float32), truth=truth)
+                   for (_, lab, _), (_, _, truth) in zip(per, ds.images)]
+        if any(t is None for _, _, t in ds.images):
+            results = []
+        tm = objective.trial_metrics(metrics, results)
+        tm["n_objects_mean"] = tm.pop("n_objects", math.nan)
+        tm.update({key: v for key, v in joint.get(k, {}).items()})
+        trial.append(tm)
+    return default, values, trial
+
+
+def score_dataset(ds: Dataset, spec, rescore_only: bool, refresh: set[str]) -> Scored:
+    t0 = time.perf_counter()
+    segs, cache, misses = segment_dataset(ds, spec, rescore_only, refresh)
+    default, values, trial = rescore(ds, segs, spec)
+    key = "gt.f1" if spec.aggregate == "per_image" else "gt.pooled.f1"
+    f1 = np.array([t.get(key, math.nan) for t in trial], float)
+    names = sorted({p for rows in values for r in rows for p in r})
+    proxies = {p: np.array([_nanmean([r.get(p, math.nan) for r in rows]) for rows in values]) for p in names}
+    stats = dict(cache.stats, codes=sorted(cache.codes_seen), code_now=cache.code)
+    return Scored(ds.name, [c.label for c in ds.candidates], list(ds.candidates), f1, proxies, default, values, trial,
+                  len(ds.images), ds.note, time.perf_counter() - t0, stats, misses, ds.sparse)
+
+
+# ========================================================================================= rank quality
 
 def _nanmean(values) -> float:
     arr = np.asarray(values, float)
     return float(np.nanmean(arr)) if np.isfinite(arr).any() else math.nan
 
 
-def table(cands, weightings: dict[str, dict[str, float]], gate: str | None, names: list[str]):
-    f1 = np.array([np.mean([m["gt.f1"] for _, _, m in per]) for _, per in cands])
-    rows = {}
-    for n in names:
-        vals = np.array([_nanmean([m.get(f"proxy.{n}", math.nan) for _, _, m in per]) for _, per in cands])
-        rows[n] = vals
-    for wname, w in weightings.items():
-        rows[wname] = np.array([np.mean([combine({n: m.get(f"proxy.{n}", math.nan) for n in names}, w, gate)
-                                         for _, _, m in per]) for _, per in cands])
-    out = {}
-    for k, v in rows.items():
-        ok = np.isfinite(v)
-        if ok.sum() < 3 or np.ptp(v[ok]) == 0:
-            out[k] = (math.nan, math.nan)
+def rank_quality(score: np.ndarray, f1: np.ndarray) -> tuple[float, float, float]:
+    """(Spearman rho, regret, GT F1 of the pick) of ranking candidates by ``score`` (NaN scores: not ranked).
+
+    A tie at the top counts as the mean GT F1 of the tied candidates (what a random tie-break gives).
+    """
+    score, f1 = np.asarray(score, float), np.asarray(f1, float)
+    ok = np.isfinite(score) & np.isfinite(f1)
+    if not ok.any():
+        return math.nan, math.nan, math.nan
+    s, f = score[ok], f1[ok]
+    rho = float(spearmanr(s, f).statistic) if ok.sum() >= 3 and np.ptp(s) > 0 else math.nan
+    top = s >= s.max() - 1e-12
+    pick = float(f[top].mean())
+    return rho, float(np.nanmax(f1) - pick), pick
+
+
+def above_median(score: np.ndarray, mask: np.ndarray) -> int:
+    """How many candidates in ``mask`` score strictly above the median of all candidates (NaN: not above)."""
+    score = np.asarray(score, float)
+    ok = np.isfinite(score)
+    if not ok.any():
+        return 0
+    return int((mask & ok & (np.where(ok, score, -np.inf) > np.median(score[ok]))).sum())
+
+
+# ============================================================================================= weights
+
+Weights = tuple  # ((proxy, weight), ...) over GRID_PROXIES that are registered
+
+
+def weight_grid(names: Sequence[str], values: Sequence[float] = GRID_VALUES) -> list[Weights]:
+    """Every weight vector on the grid, one per direction (scale does not change a weighted mean), none all-zero."""
+    seen, out = set(), []
+    for w in itertools.product(values, repeat=len(names)):
+        total = sum(w)
+        if total == 0:
             continue
-        rho = spearmanr(v[ok], f1[ok]).statistic
-        regret = float(f1.max() - f1[ok][np.argmax(v[ok])])
-        out[k] = (float(rho), regret)
-    return out, f1
-
-
-def _load(path: str, wanted: set[str] | None) -> dict:
-    """Candidates' per-image metrics from a CSV written by --save."""
-    import pandas as pd
-
-    df = pd.read_csv(path)
-    out = {}
-    for dname, d in df.groupby("dataset", sort=False):
-        if wanted and dname not in wanted:
-            continue
-        cands = []
-        for cand, c in d.groupby("candidate", sort=False):
-            per = [(r["image"], None, {k: v for k, v in r.items() if k not in ("dataset", "candidate", "image")})
-                   for _, r in c.iterrows()]
-            cands.append((cand, per))
-        out[dname] = (cands, d["image"].nunique(), dname.endswith("sparse"), 0.0)
+        direction = tuple(round(x / total, 6) for x in w)
+        if direction not in seen:
+            seen.add(direction)
+            out.append(tuple(zip(names, w)))
     return out
 
 
+def combined(sc: Scored, weights: Mapping[str, float], gate: str | None) -> np.ndarray:
+    """Per candidate: mean over images of the library's combine() with these weights."""
+    return np.array([np.mean([combine(v, weights, gate) for v in rows]) for rows in sc.per_image])
+
+
+def grid_table(sc: Scored, grid: list[Weights], spec) -> dict[Weights, tuple[float, float]]:
+    """(rho, regret) of every grid point on one dataset."""
+    base = dict(spec.weights)
+    out = {}
+    for w in grid:
+        rho, regret, _ = rank_quality(combined(sc, {**base, **dict(w)}, spec.gate), sc.f1)
+        out[w] = (rho, regret)
+    return out
+
+
+def _fold_value(rho: float, regret: float) -> float:
+    return (0.0 if not math.isfinite(rho) else rho) - (1.0 if not math.isfinite(regret) else regret)
+
+
+def choose_weights(training: Mapping[str, Mapping[Weights, tuple[float, float]]], default: Mapping[str, float],
+                   objective: str = "mean") -> Weights:
+    """The grid point that does best on the TRAINING datasets only.
+
+    ``training``: dataset -> grid point -> (rho, regret); the held-out dataset
+    must not be in it (the caller leaves it out: see :func:`lodo`).
+    ``objective``: ``mean`` maximises the mean over datasets of rho - regret,
+    ``worst`` the smallest. NaN rho counts 0, NaN regret 1. Ties: the point
+    closest (L1, normalised) to ``default``, then the first in grid order.
+    """
+    if not training:
+        raise ValueError("choose_weights needs at least one training dataset")
+    points = list(next(iter(training.values())))
+    agg = np.mean if objective == "mean" else np.min
+    dsum = sum(default.get(n, 0.0) for n, _ in points[0]) or 1.0
+
+    def distance(w: Weights) -> float:
+        total = sum(x for _, x in w) or 1.0
+        return sum(abs(x / total - default.get(n, 0.0) / dsum) for n, x in w)
+
+    best, best_key = None, None
+    for w in points:
+        value = float(agg([_fold_value(*table[w]) for table in training.values()]))
+        key = (round(value, 9), -round(distance(w), 9))
+        if best_key is None or key > best_key:
+            best, best_key = w, key
+    return best
+
+
+def lodo(tables: Mapping[str, Mapping[Weights, tuple[float, float]]], default: Mapping[str, float],
+         objective: str = "mean") -> dict[str, Weights]:
+    """Held-out dataset -> weights chosen on all the others."""
+    return {held: choose_weights({d: t for d, t in tables.items() if d != held}, default, objective)
+            for held in tables}
+
+
+def weights_text(w: Weights) -> str:
+    return ", ".join(f"{n} {x:g}" for n, x in w if x) or "none"
+
+
+# ================================================================================================ tags
+
 def simulated_tag(f1: float, n_pred: float, n_true: float) -> str:
-    """What an analyst would say, read off the ground truth (for the tag-model check only)."""
+    """What an analyst would say, read off the ground truth."""
     if f1 < 0.3:
         return "failed"
     if f1 >= 0.75:
@@ -185,100 +459,284 @@ def simulated_tag(f1: float, n_pred: float, n_true: float) -> str:
     return "over" if n_pred > n_true else "under"
 
 
-def tag_model_check(cands, n_tagged: int, draws: int = 20) -> tuple[float, float, float, float]:
-    """Tag ``n_tagged`` random candidates from GT, fit the tag model, rank the rest.
-
-    Returns mean (CV accuracy, majority baseline, Spearman of predicted value
-    vs GT F1 on the untagged candidates, regret of its top pick among them).
-    """
+def tag_features_frame(sc: Scored):
     import pandas as pd
 
-    from opsef_opt.score.tag_model import NotEnoughTags, fit_tag_model, tag_features
+    from opsef_opt.score.tag_model import tag_features
 
-    feats, tags, f1s = [], [], []
-    for _, per in cands:
-        ms = [m for _, _, m in per]
-        mean = {k: _nanmean([m.get(k, math.nan) for m in ms]) for k in ms[0] if k.startswith("proxy")}
-        mean["n_objects_mean"] = _nanmean([m["gt.n_pred"] for m in ms])
-        feats.append(tag_features(mean))
-        f1 = _nanmean([m["gt.f1"] for m in ms])
-        f1s.append(f1)
-        tags.append(simulated_tag(f1, sum(m["gt.n_pred"] for m in ms), sum(m["gt.n_true"] for m in ms)))
-    X, f1s = pd.DataFrame(feats), np.array(f1s)
-    rng = np.random.default_rng(0)
-    out = []
-    for _ in range(draws):
-        idx = rng.permutation(len(cands))
-        tagged, rest = idx[:n_tagged], idx[n_tagged:]
-        try:
-            model = fit_tag_model(X.iloc[tagged], [tags[i] for i in tagged], min_tagged=min(10, n_tagged))
-        except NotEnoughTags:
+    return pd.DataFrame([tag_features(t) for t in sc.trial])
+
+
+def tag_curve(sc: Scored, counts: Sequence[int] = TAG_COUNTS, seeds: int = 5) -> tuple[str, dict[int, float]]:
+    """(how, {n tags: mean regret over seeds}) of picking with ``n`` simulated tags.
+
+    With ``opsef_opt.tags.queue.simulate_tagging`` (the tag queue + tag model of
+    the library): its regret, strategy = its default. Otherwise: ``n`` random
+    runs tagged from GT (:func:`simulated_tag`), ``fit_tag_model`` on them, the
+    pick is ``top_pick`` (or argmax) of ``predict_value`` over all runs; too
+    few distinct tags: the proxy's pick (``score.final``).
+    """
+    X = tag_features_frame(sc)
+    try:
+        from opsef_opt.tags.queue import simulate_tagging
+    except ImportError:
+        simulate_tagging = None
+    out: dict[int, float] = {}
+    if simulate_tagging is not None:
+        sig = inspect.signature(simulate_tagging)
+        strategy = sig.parameters["strategy"].default if "strategy" in sig.parameters else None
+        if strategy is inspect.Parameter.empty:
+            strategy = None
+        how = f"opsef_opt.tags.queue.simulate_tagging (strategy {strategy or 'default'}, {seeds} seeds)"
+        for n in counts:
+            got = []
+            for seed in range(seeds):
+                kwargs = dict(features=X, proxy_score=sc.default, gt_f1=sc.f1, n_tags=n, seed=seed,
+                              n_pred=[t.get("gt.n_pred", math.nan) for t in sc.trial],
+                              n_true=[t.get("gt.n_true", math.nan) for t in sc.trial])
+                if strategy is not None:
+                    kwargs["strategy"] = strategy
+                try:
+                    r = simulate_tagging(**{k: v for k, v in kwargs.items() if k in sig.parameters})
+                except Exception as e:  # noqa: BLE001 - report, do not stop the bench
+                    how += f" [error: {type(e).__name__}: {e}]"
+                    break
+                got.append(_regret_of(r, sc.f1))
+            out[n] = _nanmean(got)
+        return how, out
+    from opsef_opt.score.tag_model import NotEnoughTags, fit_tag_model
+
+    try:
+        from opsef_opt.score.tag_model import top_pick
+    except ImportError:
+        top_pick = None
+    n_pred = [t.get("gt.n_pred", math.nan) for t in sc.trial]
+    n_true = [t.get("gt.n_true", math.nan) for t in sc.trial]
+    tags_all = [simulated_tag(f, p, q) for f, p, q in zip(sc.f1, n_pred, n_true)]
+    how = f"random simulated tags -> fit_tag_model -> predict_value ({seeds} seeds; no tag queue yet)"
+    for n in counts:
+        got = []
+        for seed in range(seeds):
+            idx = np.random.default_rng(seed).permutation(len(sc.f1))[:n]
+            tags = [tags_all[i] for i in idx]
+            try:
+                model = fit_tag_model(X.iloc[idx], tags, min_tagged=min(10, n))
+                value = np.asarray(model.predict_value(X), float)
+            except NotEnoughTags:
+                value = sc.default
+            except Exception as e:  # noqa: BLE001
+                how += f" [error: {type(e).__name__}: {e}]"
+                break
+            value = np.where(np.isfinite(value), value, -np.inf)
+            if top_pick is not None:
+                pick = top_pick(value, {int(i): t for i, t in zip(idx, tags)})
+            else:
+                pick = int(np.argmax(value))
+            got.append(float(np.nanmax(sc.f1) - sc.f1[pick]))
+        out[n] = _nanmean(got)
+    return how, out
+
+
+def _regret_of(r, f1: np.ndarray) -> float:
+    """Regret from what simulate_tagging returns: a regret, a picked row, or a mapping holding either."""
+    if isinstance(r, Mapping):
+        if "regret" in r:
+            return float(r["regret"])
+        for k in ("pick", "picked", "index", "row"):
+            if k in r:
+                return float(np.nanmax(f1) - f1[int(r[k])])
+        raise ValueError(f"simulate_tagging returned keys {sorted(r)}: no regret or pick")
+    if isinstance(r, (int, np.integer)):
+        return float(np.nanmax(f1) - f1[int(r)])
+    if isinstance(r, tuple) and r:
+        return _regret_of(r[0], f1)
+    if hasattr(r, "regret"):
+        return float(r.regret)
+    return float(r)
+
+
+# ============================================================================================== report
+
+def print_dataset(sc: Scored, spec, lodo_w: Weights, lodo_obj: str, tags: tuple[str, dict] | None) -> dict:
+    """One held-out fold's section; returns its summary row."""
+    f1 = sc.f1
+    best = int(np.nanargmax(f1))
+    print(f"\n## held-out: {sc.name} — {sc.n_images} image(s){', ' + sc.note if sc.note else ''}, "
+          f"{len(f1)} candidates, GT F1 {np.nanmin(f1):.3f}..{np.nanmax(f1):.3f} (best: {sc.labels[best]}); "
+          f"{sc.seconds:.0f} s")
+    stats = sc.cache_stats
+    print(f"   cache: {stats.get('hit', 0)} hits, {stats.get('run', 0)} runs, U-Net probability maps "
+          f"{stats.get('prob_hit', 0)} hits / {stats.get('prob_run', 0)} runs"
+          + (f"; {sc.misses} stability inputs not cached (stability NaN there)" if sc.misses else ""))
+    print(f"{'score':40s} {'spearman':>8s} {'regret':>7s} {'pick F1':>7s}  pick")
+    rows = {}
+    for p in sorted(sc.proxies):
+        if p == spec.gate:
             continue
-        pred = model.predict_value(X.iloc[rest])
-        out.append((model.cv_accuracy, model.baseline_accuracy, spearmanr(pred, f1s[rest]).statistic,
-                    f1s[rest].max() - f1s[rest][int(np.argmax(pred))]))
-    return tuple(np.nanmean(np.array(out, float), axis=0)) if out else (math.nan,) * 4
+        rows[f"proxy {p}"] = sc.proxies[p]
+    rows["combined, default weights (score.final)"] = sc.default
+    base = dict(spec.weights)
+    lodo_score = combined(sc, {**base, **dict(lodo_w)}, spec.gate)
+    rows["combined, LODO weights"] = lodo_score
+    out = {}
+    for k, v in rows.items():
+        rho, regret, pick = rank_quality(v, f1)
+        ok = np.isfinite(v)
+        who = sc.labels[int(np.nanargmax(np.where(ok, v, -np.inf)))] if ok.any() else ""
+        print(f"{k:40s} {rho:8.3f} {regret:7.3f} {pick:7.3f}  {who}")
+        out[k] = (rho, regret, pick)
+    print(f"   LODO weights (chosen on the other datasets, objective {lodo_obj}): {weights_text(lodo_w)}")
+    # self-check: the library's combine with default weights reproduces score.final
+    again = combined(sc, base, spec.gate)
+    diff = np.nanmax(np.abs(again - sc.default)) if np.isfinite(sc.default).any() else math.nan
+    if math.isfinite(diff) and diff > 1e-6:
+        print(f"   note: mean of per-image combine(default) differs from score.final by up to {diff:.3f} "
+              f"(the library's final re-score is not a per-image mean any more)")
+    broken = f1 < BROKEN_F1
+    good = f1 >= GOOD_F1
+    catch = [f"{int(broken.sum())} candidates with GT F1 < {BROKEN_F1}; above the median: "
+             f"default {above_median(sc.default, broken)}, LODO {above_median(lodo_score, broken)}"]
+    for p in ("shape", "consensus"):
+        if p in sc.proxies:
+            catch.append(f"{p} {above_median(sc.proxies[p], broken)}")
+    print("   catches: " + ", ".join(catch))
+    for flag in ("sanity", "plausible"):
+        if flag in sc.proxies:
+            v = sc.proxies[flag]
+            zero = np.isfinite(v) & (v <= 0)
+            print(f"   {flag} == 0 on every image: {int(zero.sum())} candidates ({int((zero & broken).sum())} with GT "
+                  f"F1 < {BROKEN_F1}, {int((zero & good).sum())} with GT F1 >= {GOOD_F1}); broken ones it misses: "
+                  f"{int((broken & ~zero).sum())}")
+    summary = {"dataset": sc.name, "n": len(f1), "best": float(np.nanmax(f1)),
+               "lodo": out["combined, LODO weights"], "default": out["combined, default weights (score.final)"],
+               "broken": int(broken.sum()), "broken_above_default": above_median(sc.default, broken),
+               "broken_above_lodo": above_median(lodo_score, broken)}
+    if tags is not None:
+        how, curve = tags
+        print(f"   tags ({how}): regret " + ", ".join(f"{v:.3f} after {n}" for n, v in curve.items()))
+        summary["tags"] = curve
+    return summary
 
 
-def main() -> None:
+def print_summary(rows: list[dict], key: str, title: str) -> None:
+    print(f"\n## summary: {title}")
+    print("| dataset | candidates | grid best GT F1 | pick's GT F1 | regret | rho | GT F1 < 0.1 above median |"
+          + (" tags 5/10/20 regret |" if key == "lodo" else ""))
+    print("|---|---|---|---|---|---|---|" + ("---|" if key == "lodo" else ""))
+    acc = []
+    for r in rows:
+        rho, regret, pick = r[key]
+        tags = r.get("tags", {})
+        tag_txt = " / ".join(f"{tags.get(n, math.nan):.3f}" for n in TAG_COUNTS)
+        print(f"| {r['dataset']} | {r['n']} | {r['best']:.3f} | {pick:.3f} | {regret:.3f} | {rho:.2f} | "
+              f"{r['broken_above_' + key]} of {r['broken']} |" + (f" {tag_txt} |" if key == "lodo" else ""))
+        acc.append([r["n"], r["best"], pick, regret, rho] + [tags.get(n, math.nan) for n in TAG_COUNTS])
+    a = np.array(acc, float)
+    m = [_nanmean(a[:, j]) for j in range(a.shape[1])]
+    tag_txt = " / ".join(f"{x:.3f}" for x in m[5:])
+    print(f"| **mean** | {m[0]:.0f} | {m[1]:.3f} | {m[2]:.3f} | **{m[3]:.3f}** | **{m[4]:.2f}** | |"
+          + (f" {tag_txt} |" if key == "lodo" else ""))
+
+
+def he_section(spec, rescore_only: bool, weights: Mapping[str, float], quick: bool) -> None:
+    """Polarity sanity on the H&E image (no GT): where do the wrong-polarity candidates rank?"""
+    ds = he_sanity_dataset(quick)
+    t0 = time.perf_counter()
+    try:
+        segs, cache, _ = segment_dataset(ds, spec, rescore_only, set())
+    except CacheMiss as e:
+        print(f"\n## H&E polarity sanity: skipped ({e})")
+        return
+    default, values, trial = rescore(ds, segs, spec)
+    sc = Scored(ds.name, [c.label for c in ds.candidates], ds.candidates, np.full(len(segs), math.nan), {}, default,
+                values, trial)
+    chosen = combined(sc, {**dict(spec.weights), **weights}, spec.gate)
+    wrong = np.array([c.prep.startswith("WRONG") for c in ds.candidates])
+    print(f"\n## H&E polarity sanity (raw/he_example.tif centre crop, no GT; {len(wrong)} candidates, "
+          f"{int(wrong.sum())} with wrong polarity by construction; {time.perf_counter() - t0:.0f} s)")
+    for name, s in (("default (score.final)", default), ("weights chosen on all GT sets", chosen)):
+        order = np.argsort(-np.where(np.isfinite(s), s, -np.inf), kind="stable")
+        rank_first_wrong = int(np.where(wrong[order])[0][0]) + 1 if wrong.any() else 0
+        print(f"   {name}: wrong-polarity above the median {above_median(s, wrong)} of {int(wrong.sum())}; "
+              f"best wrong-polarity candidate at rank {rank_first_wrong}; top pick: {sc.labels[int(order[0])]}")
+    for flag in ("sanity", "plausible"):
+        vals = np.array([_nanmean([r.get(flag, math.nan) for r in rows]) for rows in values])
+        if np.isfinite(vals).any():
+            zero = vals <= 0
+            print(f"   {flag} == 0: {int((zero & wrong).sum())} of {int(wrong.sum())} wrong-polarity, "
+                  f"{int((zero & ~wrong).sum())} of {int((~wrong).sum())} right-polarity candidates")
+            details = sorted({k for t in trial for k in t if k.startswith(f"proxy.{flag}.")})
+            for k in details:
+                v = np.array([t.get(k, math.nan) for t in trial], float)
+                if np.isfinite(v).any():
+                    print(f"      {k}: wrong-polarity mean {_nanmean(v[wrong]):.3f}, right-polarity mean "
+                          f"{_nanmean(v[~wrong]):.3f}")
+
+
+def main(argv: Sequence[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="3 preprocessings x 9 settings")
-    ap.add_argument("--perturbations", default=None, help="stability perturbations, comma-separated")
-    ap.add_argument("--datasets", default=None)
-    ap.add_argument("--weights", default=None, help="extra combination, e.g. consensus=0.5,contrast=0.5")
-    ap.add_argument("--save", default=None, help="write every candidate's per-image metrics to this CSV")
-    ap.add_argument("--load", default=None, help="re-rank from a CSV written by --save (no segmentation)")
-    ap.add_argument("--tags", type=int, default=15, help="tagged runs for the tag-model check (0: skip)")
-    args = ap.parse_args()
-    node = {}
-    if args.perturbations is not None:
-        node = {"proxies": {"stability": {"perturbations": [p for p in args.perturbations.split(",") if p]}}}
-    spec = score_spec(node)
-    names = [p.name for p in spec.proxies if p.name != spec.gate] + ["consensus_all"]
-    weightings = {"combined (default)": spec.weights,
-                  "equal": {n: 1.0 for n in names if n != "consensus_all"},
-                  "default, all-vote consensus": {("consensus_all" if k == "consensus" else k): v
-                                                  for k, v in spec.weights.items()}}
-    if args.weights:
-        weightings["custom"] = {k: float(v) for k, v in (kv.split("=") for kv in args.weights.split(","))}
-    print(f"proxies: {names}; gate: {spec.gate}; default weights: {spec.weights}")
-    print(f"stability options: {spec.options('stability')}")
-    summary: dict[str, list] = {}
+    ap.add_argument("--rescore-only", action="store_true", help="only cached segmentations: never run a model")
+    ap.add_argument("--datasets", default=None, help="comma-separated subset")
+    ap.add_argument("--quick", action="store_true", help="3 preprocessings x 4 models (tests)")
+    ap.add_argument("--no-tiny", action="store_true", help="without the tiny self-trained StarDist/Cellpose")
+    ap.add_argument("--no-he", action="store_true", help="skip the H&E polarity section")
+    ap.add_argument("--refresh", default="", help="families whose cached segmentations are run again")
+    ap.add_argument("--tags", default=",".join(map(str, TAG_COUNTS)), help="tag counts of the tag curve ('' skips)")
+    ap.add_argument("--tag-seeds", type=int, default=5, help="simulated analysts per tag count")
+    ap.add_argument("--lodo-objective", choices=("mean", "worst"), default="mean")
+    ap.add_argument("--save", default=None, help="write every candidate's trial-level metrics to this CSV")
+    args = ap.parse_args(argv)
+    t_start = time.perf_counter()
+    spec = score_spec(None)
+    print(f"# proxy validity — {time.strftime('%Y-%m-%d %H:%M')}; segment/preprocess code {segment_code_hash()}"
+          f"{'; --rescore-only (cached segmentations)' if args.rescore_only else ''}")
+    print(f"registered proxies: {list(PROXIES.names()) if hasattr(PROXIES, 'names') else '?'}; gate {spec.gate}; "
+          f"default weights {dict(spec.weights)}")
+    tiny = {} if args.no_tiny else ensure_tiny_models(train=not args.rescore_only, log=log)
     wanted = set(args.datasets.split(",")) if args.datasets else None
-    rows = []
-    if args.load:
-        sets = _load(args.load, wanted)
-    else:
-        sets = {}
-        for dname, (images, sparse) in datasets(wanted).items():
-            t0 = time.perf_counter()
-            cands = run_candidates(images, sparse, spec, args.quick)
-            add_consensus(cands, images, spec)
-            sets[dname] = (cands, len(images), sparse, time.perf_counter() - t0)
-            rows += [{"dataset": dname, "candidate": c, "image": n, **m} for c, per in cands for n, _, m in per]
-        if args.save:
-            import pandas as pd
+    corpus = load_corpus(wanted, tiny, args.quick)
+    scored: dict[str, Scored] = {}
+    for ds in corpus:
+        log(f"{ds.name}: {len(ds.images)} image(s), {len(ds.candidates)} candidates")
+        scored[ds.name] = score_dataset(ds, spec, args.rescore_only, set(filter(None, args.refresh.split(","))))
+    names = [n for n in GRID_PROXIES if n in spec.weights]
+    grid = weight_grid(names)
+    t0 = time.perf_counter()
+    tables = {d: grid_table(sc, grid, spec) for d, sc in scored.items()}
+    log(f"weight grid: {len(grid)} points x {len(tables)} datasets in {time.perf_counter() - t0:.0f} s")
+    chosen = lodo(tables, spec.weights, args.lodo_objective) if len(tables) > 1 else {
+        d: tuple((n, spec.weights.get(n, 0.0)) for n in names) for d in tables}
+    counts = [int(x) for x in args.tags.split(",") if x]
+    summaries = []
+    for d, sc in scored.items():
+        t0 = time.perf_counter()
+        tags = tag_curve(sc, counts, args.tag_seeds) if counts else None
+        log(f"{d}: tag curve in {time.perf_counter() - t0:.0f} s")
+        summaries.append(print_dataset(sc, spec, chosen[d], args.lodo_objective, tags))
+    print_summary(summaries, "lodo", "combined score with LODO-chosen weights (held-out fold numbers; the estimate)")
+    print_summary(summaries, "default", "combined score with the shipped default weights (score.final; these "
+                                        "weights were chosen on 4 of these datasets earlier, so not all held-out)")
+    overall = choose_weights(tables, spec.weights, args.lodo_objective) if tables else ()
+    print(f"\nweights chosen on all {len(tables)} datasets (a proposed default; its estimate is the LODO table): "
+          f"{weights_text(overall)}")
+    folds = {}
+    for w in chosen.values():
+        folds[weights_text(w)] = folds.get(weights_text(w), 0) + 1
+    print("LODO choices across folds: " + "; ".join(f"{k} ({v}x)" for k, v in folds.items()))
+    if len(tables) > 1:  # how much the estimate depends on the LODO objective (both are held-out numbers)
+        for obj in ("mean", "worst"):
+            held = [tables[d][w] for d, w in lodo(tables, spec.weights, obj).items()]
+            print(f"LODO objective {obj}: held-out mean regret {_nanmean([r for _, r in held]):.3f}, "
+                  f"mean rho {_nanmean([x for x, _ in held]):.2f}, worst regret {np.nanmax([r for _, r in held]):.3f}")
+    if not args.no_he:
+        he_section(spec, args.rescore_only, dict(overall), args.quick)
+    if args.save:
+        import pandas as pd
 
-            pd.DataFrame(rows).to_csv(args.save, index=False)
-    for dname, (cands, n_images, sparse, dt) in sets.items():
-        res, f1 = table(cands, weightings, spec.gate, names + [spec.gate] if spec.gate else names)
-        print(f"\n## {dname}: {n_images} image(s), {len(cands)} candidates, GT F1 "
-              f"{f1.min():.3f}..{f1.max():.3f} (best: {cands[int(np.argmax(f1))][0]}){' [sparse GT]' if sparse else ''}"
-              f"  ({dt:.0f} s)")
-        print(f"{'proxy':24s} {'spearman':>9s} {'regret':>8s}")
-        for k, (rho, regret) in res.items():
-            print(f"{k:24s} {rho:9.3f} {regret:8.3f}")
-            summary.setdefault(k, []).append((rho, regret))
-        if args.tags:
-            cv, base, rho, regret = tag_model_check(cands, args.tags)
-            print(f"tag model from {args.tags} simulated tags (20 draws): CV accuracy {cv:.2f} "
-                  f"(majority {base:.2f}); on the untagged: spearman {rho:.3f}, regret {regret:.3f}")
-            summary.setdefault(f"tag model ({args.tags} tags)", []).append((rho, regret))
-    print("\n## mean over datasets")
-    print(f"{'proxy':24s} {'spearman':>9s} {'regret':>8s}")
-    for k, vals in summary.items():
-        arr = np.array(vals, float)
-        print(f"{k:24s} {_nanmean(arr[:, 0]):9.3f} {_nanmean(arr[:, 1]):8.3f}")
+        pd.DataFrame([{"dataset": d, "candidate": lab, "gt_f1": f, "score_final": s, **t}
+                      for d, sc in scored.items()
+                      for lab, f, s, t in zip(sc.labels, sc.f1, sc.default, sc.trial)]).to_csv(args.save, index=False)
+    print(f"\ntotal {time.perf_counter() - t_start:.0f} s")
 
 
 if __name__ == "__main__":
