@@ -72,7 +72,18 @@ def test_trained_model_segments_held_out_tile(tiny_model, dsb512):
     assert m["f1"] >= 0.8  # measured 0.91 (1 training thread), 0.95 (2 threads)
     ids = set(np.unique(seg.labels)) - {0}
     assert set(seg.confidence) == ids
-    assert all(0.5 <= c <= 1.0 for c in seg.confidence.values())  # mean cell probability inside objects
+    assert all(0.0 <= c <= 1.0 for c in seg.confidence.values())
+    # per object: mean cell probability x flow agreement (Cellpose's flow error, 0 at its default limit 0.4)
+    prob, err = seg.extra["cell_probability"], seg.extra["flow_error"]
+    assert set(prob) == set(err) == ids
+    assert all(0.5 <= p <= 1.0 for p in prob.values())  # mean cell probability inside objects
+    assert all(0.0 <= e for e in err.values()) and np.median(list(err.values())) < 0.4
+    for i in ids:
+        assert seg.confidence[i] == pytest.approx(prob[i] * min(max(1 - err[i] / 0.4, 0.0), 1.0))
+    # the confidence only reads the masks: the labels are Cellpose's own
+    masks = model._model.eval(_unit(img[HELD_OUT]), diameter=model.default_diameter, flow_threshold=0.4,
+                              cellprob_threshold=0.0, normalize=True, channels=[0, 0])[0]
+    assert np.array_equal(seg.labels, masks)
 
     t0 = time.perf_counter()
     model(_unit(img), "YX")

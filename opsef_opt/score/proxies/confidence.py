@@ -6,7 +6,21 @@ data, so low confidence flags images or settings outside what the model
 knows (wrong scale, wrong contrast, wrong modality). It cannot see errors the
 model is confidently wrong about, and it does not apply to models that give
 no confidence (classical thresholding): NaN then, so the combined score
-ignores it.
+ignores it (:func:`~opsef_opt.score.proxies.combine.combine` leaves NaN
+proxies out and renormalises the other weights).
+
+Per-object confidence by model family (``Segmentation.confidence``, each in
+[0, 1]; see each segmenter's docstring for why):
+
+* ``bioimageio_unet``: mean foreground probability inside the object;
+* ``cp_unet``: mean P(interior) inside the object;
+* ``stardist``: the object's probability (``details["prob"]`` of its polygon);
+* ``cellpose``: mean cell probability x flow agreement
+  ``clip(1 - flow_error / 0.4, 0, 1)`` (Cellpose's own per-object flow error);
+* ``classical``: none (NaN).
+
+NaN is logged as NaN: MLflow's client and REST API return NaN, only its SQL
+tables hold ``value = 0.0`` with ``is_nan = 1`` (read metrics through MLflow).
 """
 from __future__ import annotations
 
@@ -23,7 +37,9 @@ def mean_confidence(labels: np.ndarray, confidence: Mapping[int, float] | None) 
     """Area-weighted mean confidence of the objects present in ``labels``.
 
     NaN when ``confidence`` is None or empty, or when no object in
-    ``labels`` has a confidence; 0 when ``labels`` has no objects. Area
+    ``labels`` has a confidence; 0 when ``labels`` has no objects but
+    ``confidence`` is given (every proxy scores an empty result 0; a model
+    with confidence that finds nothing gives ``{}``, hence NaN). Area
     weighting: a confident large object and an unsure speck are not worth
     the same. Works for any dimension.
     """
