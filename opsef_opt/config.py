@@ -217,6 +217,8 @@ class Settings:
     tags_csv: Path | None = None
     #: mode=tag: how many untagged runs to show and ask about at once
     tag_batch: int = 12
+    #: mode=tag: "which is better, A or B?" questions after each batch of tags
+    tag_pairs: int = 3
     #: worker processes on this machine sharing each stage
     n_workers: int = 1
     #: delete this stage's trials and run it again
@@ -706,7 +708,7 @@ _STUDY_KEYS = dict.fromkeys(
 )
 _TOP_KEYS = dict.fromkeys(
     ["mode", "study", "studies_dir", "n_trials", "seed", "storage", "tracking_uri",
-     "heartbeat", "log_artifacts", "leaderboard_rows", "stage", "tags_csv", "tag_batch", "n_workers", "restart_stage",
+     "heartbeat", "log_artifacts", "leaderboard_rows", "stage", "tags_csv", "tag_batch", "tag_pairs", "n_workers", "restart_stage",
      "pipeline", "input", "apply_run", "dask_scheduler", "edited"]
 )
 
@@ -799,6 +801,7 @@ def validate(cfg: DictConfig | Mapping, base: Path | None = None) -> Settings:
         stage=stage,
         tags_csv=tags_csv,
         tag_batch=_int("tag_batch", raw.get("tag_batch", 12), 1),
+        tag_pairs=_int("tag_pairs", raw.get("tag_pairs", 3), 0),
         n_workers=_int("n_workers", raw.get("n_workers", 1), 1),
         restart_stage=restart,
         pipeline=files["pipeline"],

@@ -148,7 +148,10 @@ def test_few_tags_rank_many_runs(runs):
     proba = model.predict_proba(held_X)
     assert proba.shape == (len(held_X), 4)
     np.testing.assert_allclose(proba.sum(axis=1), 1)
-    np.testing.assert_allclose(value, proba @ [DEFAULT_VALUES[t] for t in model.classes])
+    # the classifier's expected tag value; predict_value is the value model (calibrated proxy + corrections)
+    np.testing.assert_allclose(model.tag_value(held_X), proba @ [DEFAULT_VALUES[t] for t in model.classes])
+    np.testing.assert_allclose(value, model.model_value(held_X))
+    assert np.isfinite(value).all() and model.proxy_check is None and not model.use_proxy
 
 
 def test_describe(runs):
