@@ -241,6 +241,9 @@ def main() -> int:
         ref_folder.mkdir()
         rc = finish(command(ref_folder, args.study, args.start_trials, args.workers, args.seed, args.extra),
                     ref_folder, ref_folder / "log.txt")
+        if rc != 0:
+            print(f"the uninterrupted reference run failed (exit {rc}):\n" + (ref_folder / "log.txt").read_text()[-3000:])
+            return 1
         ref = outcome(ref_folder, args.study)
         print(f"reference ({args.start_trials} trials, uninterrupted, exit {rc}): best {ref.best}")
         ok &= first_start_phase(root, args, ref)
@@ -249,6 +252,9 @@ def main() -> int:
         ref_folder.mkdir()
         rc = finish(command(ref_folder, args.study, args.trials, args.workers, args.seed, args.extra),
                     ref_folder, ref_folder / "log.txt")
+        if rc != 0:
+            print(f"the uninterrupted reference run failed (exit {rc}):\n" + (ref_folder / "log.txt").read_text()[-3000:])
+            return 1
         ref = outcome(ref_folder, args.study)
         print(f"reference ({args.trials} trials, uninterrupted, exit {rc}): best {ref.best}")
         ok &= mid_trial_phase(root, args, ref)

