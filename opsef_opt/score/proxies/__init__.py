@@ -7,7 +7,8 @@ quality), plus :mod:`.combine`. Every proxy is a function
 in :data:`opsef_opt.score.registry.PROXIES`; the array-level helpers are pure
 functions on numpy arrays.
 
-Which failure each proxy detects (asserted in tests/test_score_proxies.py on
+Which failure each proxy detects (asserted in tests/test_score_proxies.py and,
+for ``plausible``, tests/test_plausible.py on
 dsb2018_256, mitocheck and StarDist's test image; "giant" = one label over
 the foreground closed by a large disc, "salt" = 5% single-pixel objects):
 
@@ -22,8 +23,19 @@ contrast    yes             yes (diluted inside)         yes         missed obje
                                                                      missed objects)
 confidence  NaN             NaN                          NaN         models without confidence; confident errors
 sanity      yes (0)         above 1/6 of the image only  yes (0)     anything plausible-looking: it is a gate
+plausible   yes (0)         no (sanity's job)            yes (0)     a veto (below): images without a clear
+                                                         where the   polarity (tissue-only brightfield tiles: set
+                                                         polarity    ``expect``); right-polarity merges of dense
+                                                         is clear    tissue can fail its tiling check
 combine     yes             yes                          yes
 ==========  ==============  ===========================  ==========  ===========================================
+
+``plausible`` (:mod:`.plausible`) is a veto, not averaged in: a result that
+fails it (objects on the background's side of the intensities as the raw
+image itself tells them, e.g. an H&E image segmented without ``invert``; the
+background cut into pieces; one object larger than all others together) is
+mapped below 0 by :func:`.combine`, under every plausible result, whatever
+its other proxies.
 
 Default weights (from ``bench/proxy_validity.py``)
 ---------------------------------------------------
@@ -50,6 +62,8 @@ from opsef_opt.score.proxies.confidence import confidence_score, mean_confidence
 from opsef_opt.score.proxies.consensus import ConsensusAccumulator, consensus_labels, consensus_score
 from opsef_opt.score.proxies.contrast import (contrast_score, edge_alignment, object_contrast, reference_image,
                                               separation)
+from opsef_opt.score.proxies.plausible import (background_peak, enclosed_background, expected_polarity,
+                                               largest_share, plausible_score, polarity)
 from opsef_opt.score.proxies.sanity import sanity_gate, sanity_score, sanity_stats
 from opsef_opt.score.proxies.separation import separation_score
 from opsef_opt.score.proxies.shape import MIN_AREA, eccentricity, object_areas, shape_score, solidity
@@ -57,9 +71,10 @@ from opsef_opt.score.proxies.stability import (PERTURBATIONS, perturb, stability
                                                valid_region)
 
 __all__ = [
-    "ConsensusAccumulator", "MIN_AREA", "Match", "PERTURBATIONS", "combine", "confidence_score",
+    "ConsensusAccumulator", "MIN_AREA", "Match", "PERTURBATIONS", "background_peak", "combine", "confidence_score",
     "consensus_labels", "consensus_score", "contrast_score", "default_weights", "eccentricity",
-    "edge_alignment", "match_instances", "mean_confidence", "object_areas", "object_contrast",
-    "perturb", "reference_image", "sanity_gate", "sanity_score", "sanity_stats", "separation_score", "separation", "shape_score",
+    "edge_alignment", "enclosed_background", "expected_polarity", "largest_share", "match_instances",
+    "mean_confidence", "object_areas", "object_contrast", "perturb", "plausible_score", "polarity", "reference_image",
+    "sanity_gate", "sanity_score", "sanity_stats", "separation_score", "separation", "shape_score",
     "solidity", "stability_score", "unperturb_labels", "valid_region",
 ]
