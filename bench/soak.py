@@ -217,6 +217,18 @@ def mid_trial_phase(root: Path, args, ref: Outcome) -> bool:
     return report(f"mid-trial kills (final resume exit {rc})", got, ref, int(rc != 0), kills)
 
 
+def reference(folder: Path, args, trials: int) -> Outcome | None:
+    """The uninterrupted run of the same command (None, with its log, when it failed)."""
+    folder.mkdir()
+    rc = finish(command(folder, args.study, trials, args.workers, args.seed, args.extra), folder, folder / "log.txt")
+    if rc != 0:
+        print(f"the uninterrupted reference run failed (exit {rc}):\n" + (folder / "log.txt").read_text()[-3000:])
+        return None
+    ref = outcome(folder, args.study)
+    print(f"reference ({trials} trials, uninterrupted, exit {rc}): best {ref.best}")
+    return ref
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--start-cycles", type=int, default=20)
@@ -236,28 +248,14 @@ def main() -> int:
     print(f"soak: study {args.study}, {args.workers} worker(s), seed {args.seed}, folder {root}")
     ok = True
     t0 = time.time()
-    if args.start_cycles:
-        ref_folder = root / "ref_start"
-        ref_folder.mkdir()
-        rc = finish(command(ref_folder, args.study, args.start_trials, args.workers, args.seed, args.extra),
-                    ref_folder, ref_folder / "log.txt")
-        if rc != 0:
-            print(f"the uninterrupted reference run failed (exit {rc}):\n" + (ref_folder / "log.txt").read_text()[-3000:])
+    for cycles, name, trials, phase in ((args.start_cycles, "ref_start", args.start_trials, first_start_phase),
+                                        (args.mid_cycles, "ref_mid", args.trials, mid_trial_phase)):
+        if not cycles:
+            continue
+        ref = reference(root / name, args, trials)
+        if ref is None:
             return 1
-        ref = outcome(ref_folder, args.study)
-        print(f"reference ({args.start_trials} trials, uninterrupted, exit {rc}): best {ref.best}")
-        ok &= first_start_phase(root, args, ref)
-    if args.mid_cycles:
-        ref_folder = root / "ref_mid"
-        ref_folder.mkdir()
-        rc = finish(command(ref_folder, args.study, args.trials, args.workers, args.seed, args.extra),
-                    ref_folder, ref_folder / "log.txt")
-        if rc != 0:
-            print(f"the uninterrupted reference run failed (exit {rc}):\n" + (ref_folder / "log.txt").read_text()[-3000:])
-            return 1
-        ref = outcome(ref_folder, args.study)
-        print(f"reference ({args.trials} trials, uninterrupted, exit {rc}): best {ref.best}")
-        ok &= mid_trial_phase(root, args, ref)
+        ok &= phase(root, args, ref)
     print(f"soak {'PASSED' if ok else 'FAILED'} in {time.time() - t0:.0f} s")
     return 0 if ok else 1
 
