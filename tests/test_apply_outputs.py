@@ -48,3 +48,27 @@ def test_lazy_and_full_reads_give_the_same_pixels():
 def test_preview_step_bounds_the_overlay_size():
     assert preview_step((1484, 1380)) == 1
     assert preview_step((20000, 6000)) == 5 and -(-20000 // 5) <= 4096
+
+
+def test_apply_sources_leave_out_degenerate_images_and_rescale_huge_floats(tmp_path):
+    good = tifffile.imread(shared("gt", "dsb2018_256", "image.tif"))
+    tifffile.imwrite(tmp_path / "good.tif", good)
+    tifffile.imwrite(tmp_path / "huge.tif", good.astype(np.float64) * 1e302)
+    nan = good.astype(np.float32)
+    nan[0, 0] = np.nan
+    tifffile.imwrite(tmp_path / "nan.tif", nan)
+    # (plain 2D integer TIFFs are read lazily, window by window, and checked for size only: a
+    # constant one gives an image without objects; floats take the full reader and every check)
+    tifffile.imwrite(tmp_path / "blank.tif", np.zeros((64, 64), np.float32))
+    tifffile.imwrite(tmp_path / "tiny.tif", good[:8, :8])
+    files = sorted(tmp_path.glob("*.tif"))
+    sources, problems = list_sources(SPEC, ReshapeSpec(), files)
+    assert sorted(s.name for s in sources) == ["good", "huge"]
+    text = "\n".join(problems)
+    assert "image nan left out: 1 of 65536 pixels are NaN or infinite" in text
+    assert "image blank left out: every pixel has the value 0" in text
+    assert "image tiny.tif left out: 8 x 8 px (Y x X) is smaller than the minimum of 16 x 16 px" in text
+    huge = next(s for s in sources if s.name == "huge").read()
+    assert huge.dtype == np.float32 and np.isfinite(huge).all()
+    expected = (good - good.min()) / (good.max() - good.min())
+    assert np.allclose(huge, expected, atol=1e-6)

@@ -94,8 +94,10 @@ def _resize(data: np.ndarray, axes: str, bin_: int, scale: float) -> np.ndarray:
 
 @functools.lru_cache(maxsize=2)
 def _read_whole(path: str, reader: tuple, index: int, bin_: int, scale: float) -> tuple[np.ndarray, str]:
+    from opsef_opt.io.dataset import rescale_float
+
     img = read_image(path, **dict(reader))[index]
-    return _resize(img.data, img.axes, bin_, scale), img.axes
+    return _resize(rescale_float(img.data), img.axes, bin_, scale), img.axes
 
 
 def _whole(source: Source) -> np.ndarray:
@@ -125,6 +127,8 @@ def _lazy_probe(path: Path, reader: dict, reshape: ReshapeSpec) -> Source | None
             if series.axes not in ("YX", "YXS") or len(tif.series) != 1 or tif.is_imagej and series.axes != "YX":
                 return None
             shape, axes = tuple(series.shape), series.axes
+            if series.dtype.kind == "f":
+                return None  # floats are rescaled in float64 by the full reader (values may overflow float32)
             from opsef_opt.io.tiff import _pixel_size as tiff_pixel_size
 
             pixel = tiff_pixel_size(tif)
@@ -151,7 +155,7 @@ def _lazy_probe(path: Path, reader: dict, reshape: ReshapeSpec) -> Source | None
 
 def list_sources(spec: ImagesSpec, reshape: ReshapeSpec, files: list[Path]) -> tuple[list[Source], list[str]]:
     """Every image of ``files`` as sources (one per z-sub-stack); unreadable files become problem lines."""
-    from opsef_opt.io.dataset import _reader_kwargs
+    from opsef_opt.io.dataset import MIN_IMAGE_SIZE, _reader_kwargs, image_problem, rescale_float
 
     sources: list[Source] = []
     problems: list[str] = []
@@ -159,7 +163,11 @@ def list_sources(spec: ImagesSpec, reshape: ReshapeSpec, files: list[Path]) -> t
         reader = {k: v for k, v in _reader_kwargs(spec, path).items() if v is not None}
         lazy = _lazy_probe(path, reader, reshape)
         if lazy is not None:
-            sources.append(lazy)
+            if min(lazy.shape_yx) < MIN_IMAGE_SIZE:
+                problems.append(f"image {path.name} left out: {lazy.shape_yx[0]} x {lazy.shape_yx[1]} px (Y x X) is "
+                                f"smaller than the minimum of {MIN_IMAGE_SIZE} x {MIN_IMAGE_SIZE} px")
+            else:
+                sources.append(lazy)
             continue
         key = tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in reader.items()))
         try:
@@ -168,8 +176,12 @@ def list_sources(spec: ImagesSpec, reshape: ReshapeSpec, files: list[Path]) -> t
             problems.append(str(e))
             continue
         for i, img in enumerate(images):
+            problem = image_problem(img.data, img.axes)
+            if problem is not None:  # the same checks as a study's images (non-finite, constant, too small)
+                problems.append(f"image {img.name} left out: {problem}")
+                continue
             try:
-                data = _resize(img.data, img.axes, reshape.bin, reshape.scale)
+                data = _resize(rescale_float(img.data), img.axes, reshape.bin, reshape.scale)
             except ValueError as e:
                 problems.append(f"{img.name}: cannot be reshaped ({e})")
                 continue
