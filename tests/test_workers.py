@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import collections
+from pathlib import Path
 
 import optuna
 import pytest
@@ -33,3 +34,30 @@ def test_two_workers_evaluate_every_grid_point_once(tmp_path):
     assert sorted(int(x.data.tags["optuna.trial"]) for x in runs if "optuna.trial" in x.data.tags) == \
         sorted(t.number for t in complete)
     assert "[worker 1]" in r.stdout
+
+
+def _claim_all(url: str, out: str) -> None:
+    from opsef_opt.search.study import _claim
+
+    study = optuna.load_study(study_name="race", storage=url)
+    won = [t._trial_id for t in study.get_trials(deepcopy=False) if _claim(study._storage, t._trial_id)]
+    Path(out).write_text(",".join(map(str, won)))
+
+
+def test_two_processes_never_claim_the_same_queued_trial(tmp_path):
+    """Each queued trial goes to exactly one process (Optuna's read-then-write claim could give it to two)."""
+    import multiprocessing
+
+    url = f"sqlite:///{tmp_path}/race.db"
+    study = optuna.create_study(study_name="race", storage=url)
+    for i in range(60):
+        study.enqueue_trial({"x": float(i)})
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_claim_all, args=(url, str(tmp_path / f"won{i}.txt"))) for i in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+    won = [[int(x) for x in (tmp_path / f"won{i}.txt").read_text().split(",") if x] for i in range(2)]
+    assert sorted(won[0] + won[1]) == sorted(t._trial_id for t in study.get_trials(deepcopy=False))
+    assert {t.state for t in study.get_trials(deepcopy=False)} == {optuna.trial.TrialState.RUNNING}

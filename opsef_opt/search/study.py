@@ -183,13 +183,36 @@ def _retries_first(study: optuna.Study) -> None:
         waiting = storage.get_all_trials(study._study_id, deepcopy=False, states=(TrialState.WAITING,))
         for t in sorted(waiting, key=lambda t: (not _is_retry(t), t.number)):
             try:
-                if storage.set_trial_state_values(t._trial_id, state=TrialState.RUNNING):
+                if _claim(storage, t._trial_id):
                     return t._trial_id
             except optuna.exceptions.UpdateFinishedTrialError:
                 continue
         return None
 
     study._pop_waiting_trial_id = pop
+
+
+def _claim(storage, trial_id: int) -> bool:
+    """WAITING -> RUNNING in one conditional UPDATE: exactly one process or host wins a queued trial.
+
+    Optuna's own claim reads the state, then writes it; on SQLite the read
+    takes no lock, so two workers could both see WAITING and both run the
+    trial (seen once with ``n_workers=2``: the second ``tell`` then failed).
+    ``UPDATE ... WHERE state = 'WAITING'`` is atomic on SQLite and PostgreSQL.
+    Storages without an SQL engine keep Optuna's claim.
+    """
+    backend = getattr(storage, "_backend", storage)
+    engine = getattr(backend, "engine", None)
+    if engine is None:
+        return storage.set_trial_state_values(trial_id, state=TrialState.RUNNING)
+    import sqlalchemy as sa
+    from optuna.storages._rdb.models import TrialModel
+
+    with engine.begin() as con:
+        done = con.execute(sa.update(TrialModel)
+                           .where(TrialModel.trial_id == trial_id, TrialModel.state == TrialState.WAITING)
+                           .values(state=TrialState.RUNNING, datetime_start=datetime.now()))
+    return done.rowcount == 1
 
 
 def available_space(space: SearchSpec) -> tuple[SearchSpec, dict[str, str]]:
