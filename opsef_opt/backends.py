@@ -37,6 +37,10 @@ CONNECT_TIMEOUT = 5
 
 _SQLITE_MAGIC = b"SQLite format 3\x00"
 
+#: database files (path, inode) this process has already opened without error: the check is not
+#: repeated for every storage opened on them; a file moved aside and rebuilt has a new inode
+_verified: set[tuple[str, int]] = set()
+
 
 class BackendError(RuntimeError):
     """A storage or tracking URI that cannot be used; the message is one line naming the key."""
@@ -218,9 +222,13 @@ def ensure_sqlite(url: str, init: Callable[[str], None], data_tables: tuple[str,
         return
     with _file_lock(path.with_name(path.name + ".lock")):
         if path.exists() and path.stat().st_size > 0:
+            identity = (str(path.resolve()), path.stat().st_ino)
+            if identity in _verified:
+                return
             try:
                 with quiet_db_logs():
                     init(url)
+                _verified.add(identity)
                 return
             except Exception as e:
                 if "locked" in str(e) or _has_rows(path, data_tables):
