@@ -41,7 +41,9 @@ def popen_cli(*args: str, cwd: Path) -> subprocess.Popen:
     )
 
 
-@pytest.fixture
-def test_conf_args() -> list[str]:
-    """Hydra override adding the tests' own study folder to the search path."""
-    return [f"hydra.searchpath=[file://{TEST_CONF}]"]
+@pytest.fixture(scope="session")
+def ihc():
+    """Real brightfield RGB (haematoxylin + DAB) from scikit-image, uint8 512 x 512 x 3."""
+    from skimage import data
+
+    return data.immunohistochemistry()

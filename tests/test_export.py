@@ -41,7 +41,7 @@ def _labels(which: str) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def dsb() -> np.ndarray:
+def dsb_labels() -> np.ndarray:
     labels = _labels("dsb")
     assert len(np.unique(labels)) - 1 == 65
     return labels
@@ -65,10 +65,10 @@ def _simple(mask: np.ndarray) -> bool:
 
 # ---------------------------------------------------------------- ImageJ ROI zip
 
-def test_roi_zip_roundtrip_has_same_polygons(dsb, tmp_path):
+def test_roi_zip_roundtrip_has_same_polygons(dsb_labels, tmp_path):
     path = tmp_path / "rois.zip"
-    assert write_roi_zip(dsb, path) == 65
-    polygons = label_polygons(dsb)
+    assert write_roi_zip(dsb_labels, path) == 65
+    polygons = label_polygons(dsb_labels)
     rois = roifile.roiread(path)
     assert len(rois) == 65
     with zipfile.ZipFile(path) as zf:
@@ -79,12 +79,12 @@ def test_roi_zip_roundtrip_has_same_polygons(dsb, tmp_path):
         np.testing.assert_array_equal(roi.coordinates(), polygons[label])
 
 
-def test_roi_zip_replaces_existing_file_and_honours_offset(dsb, tmp_path):
+def test_roi_zip_replaces_existing_file_and_honours_offset(dsb_labels, tmp_path):
     path = tmp_path / "rois.zip"
-    write_roi_zip(dsb, path)
-    write_roi_zip(dsb[:128, :128], path, offset=(100, 200))  # roifile would append by default
+    write_roi_zip(dsb_labels, path)
+    write_roi_zip(dsb_labels[:128, :128], path, offset=(100, 200))  # roifile would append by default
     rois = roifile.roiread(path)
-    crop_polygons = label_polygons(dsb[:128, :128])
+    crop_polygons = label_polygons(dsb_labels[:128, :128])
     assert len(rois) == len(crop_polygons)
     first = sorted(crop_polygons)[0]
     np.testing.assert_array_equal(rois[0].coordinates(), crop_polygons[first] + [200, 100])
@@ -109,12 +109,14 @@ def test_reimported_roi_zip_matches_the_objects(which, tmp_path):
     assert exact and all(exact), "objects without holes must come back pixel for pixel"
 
 
-def test_outline_polygons_are_valid_and_cover_the_pixels(dsb):
-    for label, ring in label_polygons(dsb, offset=(3, 5)).items():
+def test_outline_polygons_are_valid_and_cover_the_pixels(dsb_labels):
+    polygons = label_polygons(dsb_labels, offset=(3, 5))
+    assert sorted(polygons) == sorted(set(np.unique(dsb_labels)) - {0})  # one outline per object, so the loop runs
+    for label, ring in polygons.items():
         polygon = Polygon(ring)
         assert polygon.is_valid, label
-        assert polygon.area == pytest.approx((dsb == label).sum(), abs=0.5)
-        y0, x0 = np.argwhere(dsb == label).min(axis=0)
+        assert polygon.area == pytest.approx((dsb_labels == label).sum(), abs=0.5)
+        y0, x0 = np.argwhere(dsb_labels == label).min(axis=0)
         assert ring[:, 0].min() == x0 + 5 and ring[:, 1].min() == y0 + 3
 
 
@@ -133,16 +135,16 @@ def test_pinch_point_outline_is_simple_and_rasterises_back(tmp_path):
 # ---------------------------------------------------------------- QuPath GeoJSON
 
 @pytest.fixture(scope="module")
-def dsb_table(dsb) -> pd.DataFrame:
-    table = pd.DataFrame(measure.regionprops_table(dsb, properties=("label", "area", "eccentricity")))
+def dsb_table(dsb_labels) -> pd.DataFrame:
+    table = pd.DataFrame(measure.regionprops_table(dsb_labels, properties=("label", "area", "eccentricity")))
     table["note"] = "text column, not a measurement"
     table.loc[0, "eccentricity"] = np.nan
     table["class"] = np.where(table["area"] > table["area"].median(), "large", "small")
     return table
 
 
-def test_geojson_is_valid_and_carries_classes_and_measurements(dsb, dsb_table):
-    collection = to_geojson(dsb, dsb_table, image_name="plate1/img")
+def test_geojson_is_valid_and_carries_classes_and_measurements(dsb_labels, dsb_table):
+    collection = to_geojson(dsb_labels, dsb_table, image_name="plate1/img")
     text = json.dumps(collection, allow_nan=False)  # strict JSON: raises on NaN
     assert json.loads(text) == collection
     features = collection["features"]
@@ -160,7 +162,7 @@ def test_geojson_is_valid_and_carries_classes_and_measurements(dsb, dsb_table):
         assert polygon.is_valid and polygon.exterior.is_ccw
         props = feature["properties"]
         label = int(props["name"].split("_")[1])
-        assert polygon.area == pytest.approx((dsb == label).sum(), abs=0.5)
+        assert polygon.area == pytest.approx((dsb_labels == label).sum(), abs=0.5)
         assert props["objectType"] == "detection"
         row = by_label.loc[label]
         assert props["classification"]["name"] == row["class"]
@@ -173,24 +175,24 @@ def test_geojson_is_valid_and_carries_classes_and_measurements(dsb, dsb_table):
         else:
             assert props["measurements"]["eccentricity"] == pytest.approx(row["eccentricity"])
     assert len(ids) == 65
-    assert to_geojson(dsb, dsb_table, image_name="plate1/img") == collection  # deterministic
+    assert to_geojson(dsb_labels, dsb_table, image_name="plate1/img") == collection  # deterministic
     colours = {f["properties"]["classification"]["name"]: tuple(f["properties"]["classification"]["color"])
                for f in features}
     assert colours["large"] != colours["small"]
 
 
-def test_geojson_classes_mapping_annotations_and_file(dsb, tmp_path):
+def test_geojson_classes_mapping_annotations_and_file(dsb_labels, tmp_path):
     classes = {1: "inside", 2: "outside"}
-    collection = to_geojson(dsb, classes=classes, object_type="annotation", offset=(10, 20))
+    collection = to_geojson(dsb_labels, classes=classes, object_type="annotation", offset=(10, 20))
     props = {f["properties"]["name"]: f["properties"] for f in collection["features"]}
     assert props["label_1"]["classification"]["name"] == "inside"
     assert "classification" not in props["label_3"]
     assert all(p["objectType"] == "annotation" for p in props.values())
-    assert write_geojson(tmp_path / "objects.geojson", dsb, classes=classes,
+    assert write_geojson(tmp_path / "objects.geojson", dsb_labels, classes=classes,
                          object_type="annotation", offset=(10, 20)) == 65
     assert json.loads((tmp_path / "objects.geojson").read_text()) == collection
     with pytest.raises(ValueError, match="object_type"):
-        to_geojson(dsb, object_type="cell")
+        to_geojson(dsb_labels, object_type="cell")
 
 
 # ---------------------------------------------------------------- untrusted ROI zips
@@ -223,20 +225,20 @@ def test_malformed_roi_entry_is_named(tmp_path):
         assert "edited.zip" in str(err.value)
 
 
-def test_oversize_archives_are_rejected_before_reading(dsb, tmp_path):
+def test_oversize_archives_are_rejected_before_reading(dsb_labels, tmp_path):
     path = tmp_path / "rois.zip"
-    write_roi_zip(dsb, path)
+    write_roi_zip(dsb_labels, path)
     with pytest.raises(ReimportError, match="65 entries, more than the limit of 10"):
-        read_roi_zip(path, dsb.shape, max_entries=10)
+        read_roi_zip(path, dsb_labels.shape, max_entries=10)
     with pytest.raises(ReimportError, match="limit of 1000 bytes"):
-        read_roi_zip(path, dsb.shape, max_bytes=1000)  # the archive file itself is larger
+        read_roi_zip(path, dsb_labels.shape, max_bytes=1000)  # the archive file itself is larger
     # small on disk, large once decompressed: refused from the declared sizes, nothing inflated
     bomb = tmp_path / "bomb.zip"
     with zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as zf:
         zf.writestr("0001.roi", b"Iout" + b"\x00" * 2_000_000)
     assert bomb.stat().st_size < 100_000
     with pytest.raises(ReimportError, match="declare 2000004 bytes"):
-        read_roi_zip(bomb, dsb.shape, max_bytes=100_000)
+        read_roi_zip(bomb, dsb_labels.shape, max_bytes=100_000)
 
 
 def test_entry_larger_than_its_header_says_is_rejected(tmp_path):
@@ -309,21 +311,21 @@ def test_read_label_image_checks_shape_and_dtype(tmp_path):
         read_label_image(tmp_path / "junk.tif", labels.shape)
 
 
-def test_import_edited_matches_files_to_images(dsb, tmp_path):
+def test_import_edited_matches_files_to_images(dsb_labels, tmp_path):
     mito = _labels("mitocheck")
     folder = tmp_path / "edited"
     folder.mkdir()
     tifffile.imwrite(folder / "plate1__a_labels.tif", mito.astype(np.uint16))
-    write_roi_zip(dsb, folder / "b_ROIs.zip")
+    write_roi_zip(dsb_labels, folder / "b_ROIs.zip")
     (folder / "c.zip").write_bytes(b"broken")
     tifffile.imwrite(folder / "stray.tif", mito.astype(np.uint16))
     (folder / "notes.txt").write_text("ignored")
     names = ["plate1/a", "b", "c", "d"]
-    shapes = {"plate1/a": mito.shape, "b": dsb.shape, "c": (10, 10), "d": (5, 5)}
+    shapes = {"plate1/a": mito.shape, "b": dsb_labels.shape, "c": (10, 10), "d": (5, 5)}
     edited, problems = import_edited(folder, names, shapes)
     assert set(edited) == {"plate1/a", "b"}
     np.testing.assert_array_equal(edited["plate1/a"], mito)
-    assert np.array_equal(edited["b"] > 0, dsb > 0) and edited["b"].max() == 65
+    assert np.array_equal(edited["b"] > 0, dsb_labels > 0) and edited["b"].max() == 65
     text = "\n".join(problems)
     assert "stray.tif" in text and "matches no image" in text
     assert "c.zip" in text and "notes.txt" not in text
@@ -332,9 +334,9 @@ def test_import_edited_matches_files_to_images(dsb, tmp_path):
 
 # ---------------------------------------------------------------- AnnotatorJ layout
 
-def test_annotatorj_layout(dsb, tmp_path):
+def test_annotatorj_layout(dsb_labels, tmp_path):
     image = tifffile.imread(shared(GT["dsb"], "image.tif"))
-    paths = write_annotatorj(tmp_path, "plate1/img 01", image, dsb)
+    paths = write_annotatorj(tmp_path, "plate1/img 01", image, dsb_labels)
     stem = "plate1__img_01"
     assert paths["image"] == tmp_path / ANNOTATORJ_FOLDERS["image"] / f"{stem}.tif"
     assert paths["mask"] == tmp_path / ANNOTATORJ_FOLDERS["mask"] / f"{stem}.tif"
@@ -342,13 +344,13 @@ def test_annotatorj_layout(dsb, tmp_path):
     assert paths["pair_list"] == tmp_path / ANNOTATORJ_FOLDERS["pair_list"] / PAIR_LIST_NAME
     np.testing.assert_array_equal(tifffile.imread(paths["image"]), image)
     mask = tifffile.imread(paths["mask"])
-    assert mask.dtype == np.uint16 and np.array_equal(mask, dsb)
+    assert mask.dtype == np.uint16 and np.array_equal(mask, dsb_labels)
     assert len(roifile.roiread(paths["rois"])) == 65
     # the ROI zip AnnotatorJ loads instead of the mask has the mask file's stem + "_ROIs.zip"
     assert paths["rois"].name == Path(paths["mask"]).stem + "_ROIs.zip"
 
-    second = write_annotatorj(tmp_path, "img2", image, dsb)
-    write_annotatorj(tmp_path, "plate1/img 01", image, dsb)  # re-export: entry replaced, not added
+    second = write_annotatorj(tmp_path, "img2", image, dsb_labels)
+    write_annotatorj(tmp_path, "plate1/img 01", image, dsb_labels)  # re-export: entry replaced, not added
     lines = paths["pair_list"].read_text().splitlines()
     assert lines == [f"00_InputRaw/{stem}.tif;02_SegMasks/{stem}.tif",
                      "00_InputRaw/img2.tif;02_SegMasks/img2.tif"]
@@ -358,12 +360,12 @@ def test_annotatorj_layout(dsb, tmp_path):
 
     # ROIs saved by the user in AnnotatorJ are moved aside, never overwritten
     user_zip = second["rois"]
-    write_roi_zip(dsb[:100], user_zip)
+    write_roi_zip(dsb_labels[:100], user_zip)
     saved = user_zip.read_bytes()
-    again = write_annotatorj(tmp_path, "img2", image, dsb)
+    again = write_annotatorj(tmp_path, "img2", image, dsb_labels)
     assert again["replaced_rois"].read_bytes() == saved
     assert "replaced" in again["replaced_rois"].parts
     assert len(roifile.roiread(user_zip)) == 65
 
     with pytest.raises(ValueError, match="one ImageJ stack"):
-        write_annotatorj(tmp_path, "small", image[:100, :100], dsb[:100, :100])
+        write_annotatorj(tmp_path, "small", image[:100, :100], dsb_labels[:100, :100])

@@ -1,7 +1,7 @@
 """Tests for the TIFF and LIF readers and the suffix dispatch.
 
 Real files come from ``../shared/data`` (see its README); tests that need them
-skip with a reason when it is absent. Synthetic TIFFs are written to tmp_path.
+skip with a reason when it is absent (and fail in CI, where it must be present). Synthetic TIFFs are written to tmp_path.
 LIF pixels are cross-checked against ``LifImage.get_plane``, which indexes the
 dimensions in file order and is correct for these 8-bit files.
 """
@@ -16,6 +16,7 @@ import pytest
 import tifffile
 from readlif.reader import LifFile
 
+from conftest import shared
 from opsef_opt.io import (
     Image,
     ImageReadError,
@@ -25,7 +26,6 @@ from opsef_opt.io import (
     read_tiff,
 )
 
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 LIF_SWEEP = "lif/LeicaLASX_wavelength-sweep_example.lif"
 LIF_XZ = "lif/LeicaLASX_xz-plane_example.lif"
 LIF_2CH_XZ = "lif/testdata_2channel_xz.lif"
@@ -34,9 +34,8 @@ LIF_TILES = "lif/tilescan_2ch_3z_2t.lif"
 
 @pytest.fixture(scope="module")
 def data() -> Path:
-    if not SHARED_DATA.is_dir():
-        pytest.skip(reason=f"../shared/data not found: {SHARED_DATA} (real test images live there)")
-    return SHARED_DATA
+    """../shared/data: skipped with the reason when absent, an error in CI (conftest.shared)."""
+    return shared()
 
 
 def plane(path: Path, index: int, c: int = 0, **dims: int) -> np.ndarray:

@@ -17,11 +17,6 @@ def cell_u8() -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def ihc() -> np.ndarray:
-    return data.immunohistochemistry()
-
-
-@pytest.fixture(scope="module")
 def stack(cell_u8) -> np.ndarray:
     """ZYX uint8 stack of three different 200 x 250 crops of the cell image."""
     crops = [cell_u8[:200, :250], cell_u8[200:400, 100:350], cell_u8[450:650, 300:550]]

@@ -18,12 +18,6 @@ def cell() -> np.ndarray:
     return pp.normalize01(data.cell())
 
 
-@pytest.fixture(scope="module")
-def ihc() -> np.ndarray:
-    """Real brightfield RGB (haematoxylin + DAB), uint8 512 x 512 x 3."""
-    return data.immunohistochemistry()
-
-
 def _spots_on_gradient(size: int = 128, spot_radius: int = 3):
     """Linear background 0.2 -> 0.6 along X with +0.3 bright discs on a grid."""
     yy, xx = np.mgrid[:size, :size]
