@@ -280,3 +280,22 @@ def test_study_runs_end_to_end_on_standin_data(workdir, name):
     assert n_items["coarse"] == n_items["fine"] < n_items["confirm"], n_items
     if name == "nuclei_small":
         assert "objective gt_f1" in out  # every stand-in image has ground truth
+
+
+@pytest.mark.parametrize("name", STUDIES)
+def test_paper_study_composes_the_shared_stage_recipe_and_model_set(name):
+    """The stages and model definitions come from conf/stages and conf/models; the study adds its sizes."""
+    import yaml
+
+    composed = OmegaConf.to_container(_compose(name).study, resolve=False)
+    recipe = yaml.safe_load((REPO / "conf" / "stages" / "coarse_fine_confirm.yaml").read_text())
+    assert composed["stages"] == recipe
+    models = yaml.safe_load((REPO / "conf" / "models" / "opsef_paper.yaml").read_text())
+    for key, entry in models.items():
+        got = composed["search"]["models"][key]
+        assert got.get("family") == entry.get("family") and got.get("init") == entry.get("init"), key
+    own = yaml.safe_load((REPO / "conf" / "study" / f"{name}.yaml").read_text())
+    assert "stages" not in own  # stated once, in the recipe
+    assert composed["search"]["models"]["classical"]["params"]["min_distance"] == \
+        own["search"]["models"]["classical"]["params"]["min_distance"]
+
