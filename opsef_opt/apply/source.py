@@ -20,7 +20,7 @@ import numpy as np
 
 from opsef_opt.config import ImagesSpec, ReshapeSpec
 from opsef_opt.io import ImageReadError, read_image
-from opsef_opt.io.reshape import bin_image, scale_image, z_substacks
+from opsef_opt.io.reshape import bin_image, resize, z_substacks
 
 __all__ = ["Source", "list_sources"]
 
@@ -84,20 +84,12 @@ def _zarr(path: str):
     return zarr.open(tifffile.imread(path, aszarr=True), mode="r")
 
 
-def _resize(data: np.ndarray, axes: str, bin_: int, scale: float) -> np.ndarray:
-    if bin_ > 1:
-        data = bin_image(data, axes, bin_)
-    if scale != 1.0:
-        data = scale_image(data, axes, scale)
-    return data
-
-
 @functools.lru_cache(maxsize=2)
 def _read_whole(path: str, reader: tuple, index: int, bin_: int, scale: float) -> tuple[np.ndarray, str]:
     from opsef_opt.io.dataset import rescale_float
 
     img = read_image(path, **dict(reader))[index]
-    return _resize(rescale_float(img.data), img.axes, bin_, scale), img.axes
+    return resize(rescale_float(img.data), img.axes, bin_, scale), img.axes
 
 
 def _whole(source: Source) -> np.ndarray:
@@ -181,7 +173,7 @@ def list_sources(spec: ImagesSpec, reshape: ReshapeSpec, files: list[Path]) -> t
                 problems.append(f"image {img.name} left out: {problem}")
                 continue
             try:
-                data = _resize(rescale_float(img.data), img.axes, reshape.bin, reshape.scale)
+                data = resize(rescale_float(img.data), img.axes, reshape.bin, reshape.scale)
             except ValueError as e:
                 problems.append(f"{img.name}: cannot be reshaped ({e})")
                 continue

@@ -32,7 +32,7 @@ import numpy as np
 
 from opsef_opt.config import ConfigError, ImagesSpec, ReshapeSpec
 from opsef_opt.io import ImageReadError, read_image
-from opsef_opt.io.reshape import bin_image, scale_image, tile_image, z_substacks
+from opsef_opt.io.reshape import resize, tile_image, z_substacks
 
 __all__ = ["MIN_IMAGE_SIZE", "Item", "image_problem", "label_file", "list_files", "load_items", "rescale_float"]
 
@@ -222,11 +222,7 @@ def _read_truth(spec: ImagesSpec, path: Path, where: str, yx: tuple[int, int],
 
 
 def _resize(data: np.ndarray, axes: str, reshape: ReshapeSpec, labels: bool) -> np.ndarray:
-    if reshape.bin > 1:
-        data = bin_image(data, axes, reshape.bin, labels=labels)
-    if reshape.scale != 1.0:
-        data = scale_image(data, axes, reshape.scale, labels=labels)
-    return data
+    return resize(data, axes, reshape.bin, reshape.scale, labels=labels)
 
 
 def _cut(data: np.ndarray, axes: str, truth: np.ndarray | None, reshape: ReshapeSpec):

@@ -18,7 +18,7 @@ from skimage.transform import rescale
 
 from .image import AXES
 
-__all__ = ["bin_image", "scale_image", "tile_image", "z_substacks"]
+__all__ = ["bin_image", "scale_image", "resize", "tile_image", "z_substacks"]
 
 
 def _check(data: np.ndarray, axes: str) -> None:
@@ -113,6 +113,24 @@ def scale_image(data: np.ndarray, axes: str, factor: float, labels: bool = False
         return out.astype(data.dtype, copy=False)
     out = rescale(data, scale, order=1, preserve_range=True, anti_aliasing=factor < 1)
     return out.astype(np.float32, copy=False)
+
+
+def resize(data: np.ndarray, axes: str, bin: int = 1, scale: float = 1.0, labels: bool = False) -> np.ndarray:
+    """Bin, then rescale, Y and X: the study's ``reshape.bin`` and ``reshape.scale`` (no-ops at 1).
+
+    The one resampling path of search items, apply sources and pipelines, so
+    all of them see the same pixels.
+
+    Examples
+    --------
+    >>> resize(np.ones((8, 6)), "YX", bin=2).shape
+    (4, 3)
+    """
+    if bin > 1:
+        data = bin_image(data, axes, bin, labels=labels)
+    if scale != 1.0:
+        data = scale_image(data, axes, scale, labels=labels)
+    return data
 
 
 def z_substacks(data: np.ndarray, axes: str, size: int) -> list[tuple[int, int, np.ndarray]]:

@@ -15,56 +15,14 @@ from __future__ import annotations
 
 import itertools
 import random
-from dataclasses import dataclass
 from typing import Any
 
 import optuna
 
-from opsef_opt.config import ModelSpec, Range, SearchSpec, StepOption
+from opsef_opt.config import Range, SearchSpec, StepOption
+from opsef_opt.pipeline import Pipeline
 
 __all__ = ["Pipeline", "suggest_pipeline", "grid_points", "pipeline_from_params"]
-
-
-@dataclass(frozen=True)
-class Pipeline:
-    """A concrete pipeline: ordered preprocessing steps and one model call."""
-
-    steps: tuple[tuple[str, str, dict], ...]  # (slot, step name, params)
-    step_labels: tuple[tuple[str, str], ...]  # (slot, label)
-    model: ModelSpec
-    model_params: dict[str, Any]
-
-    @property
-    def flat(self) -> dict[str, Any]:
-        """All settings as flat readable names (for MLflow params and tables)."""
-        out: dict[str, Any] = {}
-        for (slot, name, params), (_, label) in zip(self.steps, self.step_labels):
-            out[f"pre.{slot}"] = label if name != "none" or not params else name
-            for k, v in params.items():
-                out[f"pre.{slot}.{k}"] = v
-        out["model"] = self.model.label
-        out["model.family"] = self.model.family
-        for k, v in self.model.init.items():
-            out[f"model.init.{k}"] = v
-        for k, v in self.model_params.items():
-            out[f"model.{k}"] = v
-        return out
-
-    @property
-    def preprocess_label(self) -> str:
-        return " > ".join(label for _, label in self.step_labels if label != "none") or "none"
-
-    @property
-    def label(self) -> str:
-        """One readable line with the values used, e.g. ``median(size=3) > clahe(clip_limit=0.02) | classical(min_distance=5)``.
-
-        (:attr:`preprocess_label` names the searched options, e.g. a tuned
-        ``gaussian(sigma=0.5..2.0)``; this line gives the sigma this pipeline used.)
-        """
-        from opsef_opt.preprocess import step_label
-
-        pre = " > ".join(step_label(name, params) for _, name, params in self.steps if name != "none") or "none"
-        return f"{pre} | {step_label(self.model.label, self.model_params)}"
 
 
 class _Chooser:
