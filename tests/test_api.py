@@ -1,0 +1,56 @@
+"""The public Python API: a study run from Python writes what the CLI writes and gives back the answer."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import tifffile
+from mlflow import MlflowClient
+
+import opsef_opt
+from opsef_opt.api import apply as apply_images  # TODO(16): opsef_opt.apply once the apply package is renamed
+from opsef_opt.config import ConfigError
+
+from conftest import DEMO, TEST_CONF
+
+
+def test_public_names_and_version():
+    assert opsef_opt.__version__.count(".") >= 2
+    assert {"run_study", "load_pipeline", "apply", "Pipeline", "StudyResult"} <= set(dir(opsef_opt))
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        opsef_opt.nope  # noqa: B018
+
+
+def test_a_bad_key_or_study_is_a_config_error_and_creates_nothing(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match="n_trail"):
+        opsef_opt.run_study("demo", n_trail=5)
+    with pytest.raises(ConfigError, match="dmeo"):
+        opsef_opt.run_study("dmeo")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.slow
+def test_run_study_writes_the_cli_files_and_returns_the_best_pipeline(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = opsef_opt.run_study("tiny", config_dir=TEST_CONF, studies_dir=tmp_path / "studies")
+    assert result.folder == tmp_path / "studies" / "tiny"
+    csv = pd.read_csv(result.folder / "leaderboard.csv")
+    assert len(csv) == len(result.leaderboard) == 6
+    assert list(csv["pipeline"]) == list(result.leaderboard["pipeline"])
+    assert result.best.label == csv.loc[0, "pipeline"]
+    assert result.best == opsef_opt.load_pipeline(result.folder / "best.yaml")
+
+    # the returned pipeline, called on an array, gives the labels the best trial was scored on
+    run = MlflowClient(result.mlflow_uri).get_run(csv.loc[0, "mlflow_run_id"])
+    image = tifffile.imread(DEMO / "images" / "dsb2018_256.tif")
+    labels = result.best(image)
+    assert labels.max() == run.data.metrics["dsb2018_256/n_objects"]
+    by_name = apply_images(result.best, DEMO / "images", progress=False)
+    assert sorted(by_name) == ["dsb2018_256", "mitocheck_hela"]
+    np.testing.assert_array_equal(by_name["dsb2018_256"], labels)
+
+    # the same call again continues the same study: nothing is evaluated twice
+    again = opsef_opt.run_study("tiny", config_dir=TEST_CONF, studies_dir=tmp_path / "studies")
+    assert len(again.leaderboard) == 6
+    assert list(again.leaderboard["pipeline"]) == list(result.leaderboard["pipeline"])
