@@ -136,11 +136,15 @@ def run_study(study: str = "demo", *, config_dir: str | Path | None = None, **ov
     own errors (``StudyError``, ``NeedTags``, ``StageFailed``) as exceptions.
     """
     from opsef_opt.backends import check_backends
-    from opsef_opt.search.study import run_search
+    from opsef_opt.search.study import NeedTags, run_search
 
     settings = _settings(study, overrides, config_dir, "search")
     check_backends(settings.storage, settings.tracking_uri, settings.studies_dir)
-    studies = run_search(settings)
+    try:
+        studies = run_search(settings)
+    except NeedTags:  # the stages before the one waiting for tags are done: their table helps to tag
+        write_leaderboard(settings)
+        raise
     table = write_leaderboard(settings, studies)
     best_file = settings.study_dir / "best.yaml"
     return StudyResult(settings.study.name, settings.study_dir, table,
