@@ -27,7 +27,10 @@ What it prints, per dataset = per held-out fold:
 
 * each proxy's Spearman rho (with GT F1 at IoU 0.5; sparse F1 on the sparse
   set) and regret (grid-best GT F1 minus the GT F1 of the proxy's pick; a tie
-  at the top counts as the mean GT F1 of the tied candidates);
+  at the top counts as the mean GT F1 of the tied candidates), alone and as
+  the combination uses it ("gated + vetoed": times the sanity gate, behind the
+  plausible veto, so that e.g. contrast's liking for inverted pipelines, which
+  the veto removes, does not hide what it adds among plausible ones);
 * the combined score with the default weights (``score.final``), and with
   the weights chosen by leave-one-dataset-out (LODO) on the other datasets;
 * catches: how many candidates with GT F1 < 0.1 rank above the median of each
@@ -45,23 +48,28 @@ rank above the median, and what ``sanity``/``plausible`` say about them).
 
 Runtime on the shared 2-core machine (load ~10): first run ~20 min (plus
 ~5 min once to train the tiny models, kept in the cache), ``--rescore-only``
-~7 min. ``--refresh cellpose,stardist`` re-runs those families (e.g. after
+~6-10 min (three family levels; ``--families ''`` for the library's only). ``--refresh cellpose,stardist`` re-runs those families (e.g. after
 their confidences change); the U-Net's post-processing always re-runs from
 its cached probability maps.
 
-Leave-one-dataset-out: the only design choice this bench makes is the weight
+Leave-one-dataset-out: the design choices this bench makes are the weight
 vector of the combined score, over the grid {0, 0.5, 1, 2} for each of
 shape, consensus, separation, contrast, confidence and stability (other
 registered proxies and the gate keep their default weights; weight vectors
-that differ only by scale are one point; all-zero is excluded). For each
-held-out dataset the weights are chosen by :func:`choose_weights`, which is
-given ONLY the other datasets' numbers: it maximises the mean over those
-datasets of (rho - regret) (``--lodo-objective worst`` maximises the worst
-dataset's rho - regret instead); ties go to the point closest to the default
-weights. The held-out dataset's numbers under that choice are the estimate.
+that differ only by scale are one point; all-zero is excluded), jointly with
+the consensus pool's near-duplicate level (``--families``, default the
+a-priori range 0.8, 0.9, 0.95: the same segmentations re-scored with each).
+For each held-out dataset the weights are chosen by :func:`choose_weights`,
+which is given ONLY the other datasets' numbers: it maximises the mean over
+those datasets of (rho - regret) (``--lodo-objective worst`` maximises the
+worst dataset's rho - regret instead); ties go to the point closest to the
+default weights; the level is the one whose choice does best on those same
+datasets (:func:`choose_joint`, ties to the library's level). The held-out
+dataset's numbers under that choice are the estimate.
 
 Usage: python bench/proxy_validity.py [--rescore-only] [--datasets a,b] [--quick] [--no-he] [--no-tiny]
        [--tags 5,10,20] [--tag-seeds 5] [--lodo-objective mean|worst] [--save metrics.csv]
+       [--families 0.8,0.9,0.95]
        [--refresh cellpose,stardist]
 """
 from __future__ import annotations
@@ -101,6 +109,7 @@ from opsef_opt.preprocess import normalize01, run_chain  # noqa: E402
 from opsef_opt.score import PROXIES, ImageResult  # noqa: E402
 from opsef_opt.score.objective import Objective  # noqa: E402
 from opsef_opt.score.proxies import combine  # noqa: E402
+from opsef_opt.score.proxies.consensus import FAMILY_AGREEMENT  # noqa: E402
 from opsef_opt.search.pool import LabelStore  # noqa: E402
 from opsef_opt.search.rescore import final_scores  # noqa: E402
 from opsef_opt.segment import load_segmenter  # noqa: E402
@@ -138,6 +147,8 @@ class Scored:
     cache_stats: dict = field(default_factory=dict)
     misses: int = 0
     sparse: bool = False
+    #: the same segmentations scored with other near-duplicate levels of the consensus pool (level -> Scored)
+    variants: dict = field(default_factory=dict)
 
 
 def _reference(img: np.ndarray, axes: str, shape, shown: np.ndarray) -> np.ndarray:
@@ -257,12 +268,15 @@ def _cached_segment(model, cand: Candidate, axes: str, params: dict, stab: dict,
 # ======================================================================================= library rescore
 
 def library_final_scores(labels: Sequence[Mapping[str, np.ndarray]], metrics: Sequence[Mapping[str, Mapping]],
-                         spec, candidates: Sequence[Candidate]) -> dict[int, dict[str, float]]:
+                         spec, candidates: Sequence[Candidate], family_agreement: float | None = None
+                         ) -> dict[int, dict[str, float]]:
     """``opsef_opt.search.rescore.final_scores`` on a LabelStore holding these candidates (trial k = candidate k).
 
     Arguments are matched to its signature by name, so a re-score that takes
     more (e.g. the candidates' pipelines, for families of near-duplicates) is
     given them when it asks for them under one of the names below.
+    ``family_agreement``: the near-duplicate level of the pool's families
+    (None: the library's default).
     """
     with tempfile.TemporaryDirectory(prefix="validity-store-") as tmp:
         store = LabelStore(Path(tmp))
@@ -272,6 +286,8 @@ def library_final_scores(labels: Sequence[Mapping[str, np.ndarray]], metrics: Se
         pipelines = {k: c.describe() for k, c in enumerate(candidates)}
         available = {"store": store, "stores": [store], "spec": spec, "objective": "proxy", "trials": trials,
                      "pipelines": pipelines, "params": pipelines, "descriptions": pipelines}
+        if family_agreement is not None:
+            available["family_agreement"] = family_agreement
         sig = inspect.signature(final_scores)
         args, kwargs = [], {}
         for p in sig.parameters.values():
@@ -286,7 +302,8 @@ def library_final_scores(labels: Sequence[Mapping[str, np.ndarray]], metrics: Se
         return {int(k): v for k, v in final_scores(*args, **kwargs).items()}
 
 
-def rescore(ds: Dataset, segs: list, spec) -> tuple[np.ndarray, list[list[dict]], list[dict]]:
+def rescore(ds: Dataset, segs: list, spec, family_agreement: float | None = None
+            ) -> tuple[np.ndarray, list[list[dict]], list[dict]]:
     """Default combined score per candidate, per-image values for combine(), trial-level metrics."""
     n_img = len(ds.images)
     names = [n for n, _, _ in ds.images]
@@ -295,12 +312,14 @@ def rescore(ds: Dataset, segs: list, spec) -> tuple[np.ndarray, list[list[dict]]
     per_image_final: list[dict[int, dict]] = []
     for i in range(n_img):
         per_image_final.append(library_final_scores(
-            [{names[i]: per[i][1]} for per in segs], [{names[i]: per[i][2]} for per in segs], spec, ds.candidates))
+            [{names[i]: per[i][1]} for per in segs], [{names[i]: per[i][2]} for per in segs], spec, ds.candidates,
+            family_agreement))
     if n_img == 1:
         joint = per_image_final[0]
     else:
         joint = library_final_scores([{n: lab for n, lab, _ in per} for per in segs],
-                                     [{n: m for n, _, m in per} for per in segs], spec, ds.candidates)
+                                     [{n: m for n, _, m in per} for per in segs], spec, ds.candidates,
+                                     family_agreement)
     objective = Objective(spec, "proxy", ds.sparse)
     default = np.array([joint.get(k, {}).get("score.final", math.nan) for k in range(len(segs))], float)
     values, trial = [], []
@@ -325,17 +344,35 @@ def rescore(ds: Dataset, segs: list, spec) -> tuple[np.ndarray, list[list[dict]]
     return default, values, trial
 
 
-def score_dataset(ds: Dataset, spec, rescore_only: bool, refresh: set[str]) -> Scored:
+def score_dataset(ds: Dataset, spec, rescore_only: bool, refresh: set[str],
+                  families: Sequence[float] = ()) -> Scored:
+    """Segment (or read the cache) and score one dataset with the library's defaults.
+
+    ``families``: further near-duplicate levels of the consensus pool to
+    score the same segmentations with (the LODO choice of that level);
+    ``Scored.variants`` maps each level, the library's own included, to its
+    :class:`Scored`.
+    """
     t0 = time.perf_counter()
     segs, cache, misses = segment_dataset(ds, spec, rescore_only, refresh)
-    default, values, trial = rescore(ds, segs, spec)
-    key = "gt.f1" if spec.aggregate == "per_image" else "gt.pooled.f1"
-    f1 = np.array([t.get(key, math.nan) for t in trial], float)
-    names = sorted({p for rows in values for r in rows for p in r})
-    proxies = {p: np.array([_nanmean([r.get(p, math.nan) for r in rows]) for rows in values]) for p in names}
     stats = dict(cache.stats, codes=sorted(cache.codes_seen), code_now=cache.code)
-    return Scored(ds.name, [c.label for c in ds.candidates], list(ds.candidates), f1, proxies, default, values, trial,
-                  len(ds.images), ds.note, time.perf_counter() - t0, stats, misses, ds.sparse)
+
+    def make(family_agreement):
+        default, values, trial = rescore(ds, segs, spec, family_agreement)
+        key = "gt.f1" if spec.aggregate == "per_image" else "gt.pooled.f1"
+        f1 = np.array([t.get(key, math.nan) for t in trial], float)
+        names = sorted({p for rows in values for r in rows for p in r})
+        proxies = {p: np.array([_nanmean([r.get(p, math.nan) for r in rows]) for rows in values]) for p in names}
+        return Scored(ds.name, [c.label for c in ds.candidates], list(ds.candidates), f1, proxies, default, values,
+                      trial, len(ds.images), ds.note, time.perf_counter() - t0, stats, misses, ds.sparse)
+
+    sc = make(None)
+    sc.variants = {FAMILY_AGREEMENT: sc}
+    for fa in families:
+        if float(fa) not in sc.variants:
+            sc.variants[float(fa)] = make(float(fa))
+    sc.seconds = time.perf_counter() - t0
+    return sc
 
 
 # ========================================================================================= rank quality
@@ -442,6 +479,38 @@ def lodo(tables: Mapping[str, Mapping[Weights, tuple[float, float]]], default: M
     """Held-out dataset -> weights chosen on all the others."""
     return {held: choose_weights({d: t for d, t in tables.items() if d != held}, default, objective)
             for held in tables}
+
+
+def choose_joint(training: Mapping[float, Mapping[str, Mapping[Weights, tuple[float, float]]]],
+                 default: Mapping[str, float], objective: str = "mean",
+                 default_level: float = FAMILY_AGREEMENT) -> tuple[float, Weights]:
+    """The (near-duplicate level, weights) that do best on the TRAINING datasets only.
+
+    ``training``: level -> dataset -> grid point -> (rho, regret), the held-out
+    dataset left out. Per level the weights are :func:`choose_weights`'s; the
+    level whose choice has the best aggregate (same objective) wins; ties go to
+    the level closest to ``default_level``.
+    """
+    if not training:
+        raise ValueError("choose_joint needs at least one near-duplicate level")
+    agg = np.mean if objective == "mean" else np.min
+    best, best_key = None, None
+    for level, tables in training.items():
+        w = choose_weights(tables, default, objective)
+        value = float(agg([_fold_value(*t[w]) for t in tables.values()]))
+        key = (round(value, 9), -abs(float(level) - default_level))
+        if best_key is None or key > best_key:
+            best, best_key = (float(level), w), key
+    return best
+
+
+def lodo_joint(tables: Mapping[float, Mapping[str, Mapping[Weights, tuple[float, float]]]],
+               default: Mapping[str, float], objective: str = "mean",
+               default_level: float = FAMILY_AGREEMENT) -> dict[str, tuple[float, Weights]]:
+    """Held-out dataset -> (level, weights) chosen on all the others (levels: the consensus families')."""
+    datasets = list(next(iter(tables.values())))
+    return {held: choose_joint({lv: {d: t for d, t in tb.items() if d != held} for lv, tb in tables.items()},
+                               default, objective, default_level) for held in datasets}
 
 
 def weights_text(w: Weights) -> str:
@@ -557,8 +626,15 @@ def _regret_of(r, f1: np.ndarray) -> float:
 
 # ============================================================================================== report
 
-def print_dataset(sc: Scored, spec, lodo_w: Weights, lodo_obj: str, tags: tuple[str, dict] | None) -> dict:
-    """One held-out fold's section; returns its summary row."""
+def print_dataset(sc: Scored, spec, lodo_w: Weights, lodo_obj: str, tags: tuple[str, dict] | None,
+                  level: float | None = None, library: Scored | None = None) -> dict:
+    """One held-out fold's section; returns its summary row.
+
+    ``sc``: the dataset scored with the near-duplicate ``level`` the fold chose
+    (None: the library's); ``library``: scored with the library's defaults (the
+    "default" row), ``sc`` when not given.
+    """
+    library = sc if library is None else library
     f1 = sc.f1
     best = int(np.nanargmax(f1))
     print(f"\n## held-out: {sc.name} — {sc.n_images} image(s){', ' + sc.note if sc.note else ''}, "
@@ -574,7 +650,11 @@ def print_dataset(sc: Scored, spec, lodo_w: Weights, lodo_obj: str, tags: tuple[
         if p == spec.gate:
             continue
         rows[f"proxy {p}"] = sc.proxies[p]
-    rows["combined, default weights (score.final)"] = sc.default
+    # each weighted proxy as the combination uses it: times the sanity gate, behind the plausible veto
+    for p in GRID_PROXIES:
+        if p in sc.proxies:
+            rows[f"proxy {p}, gated + vetoed"] = combined(sc, {p: 1.0}, spec.gate)
+    rows["combined, default weights (score.final)"] = library.default
     base = dict(spec.weights)
     lodo_score = combined(sc, {**base, **dict(lodo_w)}, spec.gate)
     rows["combined, LODO weights"] = lodo_score
@@ -585,17 +665,18 @@ def print_dataset(sc: Scored, spec, lodo_w: Weights, lodo_obj: str, tags: tuple[
         who = sc.labels[int(np.nanargmax(np.where(ok, v, -np.inf)))] if ok.any() else ""
         print(f"{k:40s} {rho:8.3f} {regret:7.3f} {pick:7.3f}  {who}")
         out[k] = (rho, regret, pick)
-    print(f"   LODO weights (chosen on the other datasets, objective {lodo_obj}): {weights_text(lodo_w)}")
+    print(f"   LODO weights (chosen on the other datasets, objective {lodo_obj}): {weights_text(lodo_w)}"
+          + (f"; consensus families at object agreement >= {level:g}" if level is not None else ""))
     # self-check: the library's combine with default weights reproduces score.final
-    again = combined(sc, base, spec.gate)
-    diff = np.nanmax(np.abs(again - sc.default)) if np.isfinite(sc.default).any() else math.nan
+    again = combined(library, base, spec.gate)
+    diff = np.nanmax(np.abs(again - library.default)) if np.isfinite(library.default).any() else math.nan
     if math.isfinite(diff) and diff > 1e-6:
         print(f"   note: mean of per-image combine(default) differs from score.final by up to {diff:.3f} "
               f"(the library's final re-score is not a per-image mean any more)")
     broken = f1 < BROKEN_F1
     good = f1 >= GOOD_F1
     catch = [f"{int(broken.sum())} candidates with GT F1 < {BROKEN_F1}; above the median: "
-             f"default {above_median(sc.default, broken)}, LODO {above_median(lodo_score, broken)}"]
+             f"default {above_median(library.default, broken)}, LODO {above_median(lodo_score, broken)}"]
     for p in ("shape", "consensus"):
         if p in sc.proxies:
             catch.append(f"{p} {above_median(sc.proxies[p], broken)}")
@@ -609,7 +690,7 @@ def print_dataset(sc: Scored, spec, lodo_w: Weights, lodo_obj: str, tags: tuple[
                   f"{int((broken & ~zero).sum())}")
     summary = {"dataset": sc.name, "n": len(f1), "best": float(np.nanmax(f1)),
                "lodo": out["combined, LODO weights"], "default": out["combined, default weights (score.final)"],
-               "broken": int(broken.sum()), "broken_above_default": above_median(sc.default, broken),
+               "broken": int(broken.sum()), "broken_above_default": above_median(library.default, broken),
                "broken_above_lodo": above_median(lodo_score, broken)}
     if tags is not None:
         how, curve = tags
@@ -684,6 +765,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--tags", default=",".join(map(str, TAG_COUNTS)), help="tag counts of the tag curve ('' skips)")
     ap.add_argument("--tag-seeds", type=int, default=5, help="simulated analysts per tag count")
     ap.add_argument("--lodo-objective", choices=("mean", "worst"), default="mean")
+    ap.add_argument("--families", default="0.8,0.9,0.95",
+                    help="near-duplicate levels of the consensus families LODO chooses from, with the weights "
+                         "('' = the library's only)")
     ap.add_argument("--save", default=None, help="write every candidate's trial-level metrics to this CSV")
     args = ap.parse_args(argv)
     t_start = time.perf_counter()
@@ -698,34 +782,44 @@ def main(argv: Sequence[str] | None = None) -> None:
     scored: dict[str, Scored] = {}
     for ds in corpus:
         log(f"{ds.name}: {len(ds.images)} image(s), {len(ds.candidates)} candidates")
-        scored[ds.name] = score_dataset(ds, spec, args.rescore_only, set(filter(None, args.refresh.split(","))))
+        scored[ds.name] = score_dataset(ds, spec, args.rescore_only, set(filter(None, args.refresh.split(","))),
+                                        [float(x) for x in args.families.split(",") if x])
     names = [n for n in GRID_PROXIES if n in spec.weights]
     grid = weight_grid(names)
     t0 = time.perf_counter()
-    tables = {d: grid_table(sc, grid, spec) for d, sc in scored.items()}
-    log(f"weight grid: {len(grid)} points x {len(tables)} datasets in {time.perf_counter() - t0:.0f} s")
-    chosen = lodo(tables, spec.weights, args.lodo_objective) if len(tables) > 1 else {
-        d: tuple((n, spec.weights.get(n, 0.0)) for n in names) for d in tables}
+    levels = sorted(next(iter(scored.values())).variants) if scored else [FAMILY_AGREEMENT]
+    by_level = {lv: {d: grid_table(sc.variants[lv], grid, spec) for d, sc in scored.items()} for lv in levels}
+    tables = by_level[FAMILY_AGREEMENT]
+    log(f"weight grid: {len(grid)} points x {len(tables)} datasets x {len(levels)} family levels in "
+        f"{time.perf_counter() - t0:.0f} s")
+    if len(tables) > 1:
+        chosen_joint = lodo_joint(by_level, spec.weights, args.lodo_objective)
+    else:
+        chosen_joint = {d: (FAMILY_AGREEMENT, tuple((n, spec.weights.get(n, 0.0)) for n in names)) for d in tables}
+    chosen = {d: w for d, (_, w) in chosen_joint.items()}
     counts = [int(x) for x in args.tags.split(",") if x]
     summaries = []
     for d, sc in scored.items():
         t0 = time.perf_counter()
         tags = tag_curve(sc, counts, args.tag_seeds) if counts else None
         log(f"{d}: tag curve in {time.perf_counter() - t0:.0f} s")
-        summaries.append(print_dataset(sc, spec, chosen[d], args.lodo_objective, tags))
+        level = chosen_joint[d][0]
+        summaries.append(print_dataset(sc.variants[level], spec, chosen[d], args.lodo_objective, tags, level, sc))
     print_summary(summaries, "lodo", "combined score with LODO-chosen weights (held-out fold numbers; the estimate)")
-    print_summary(summaries, "default", "combined score with the shipped default weights (score.final; these "
-                                        "weights were chosen on 4 of these datasets earlier, so not all held-out)")
-    overall = choose_weights(tables, spec.weights, args.lodo_objective) if tables else ()
-    print(f"\nweights chosen on all {len(tables)} datasets (a proposed default; its estimate is the LODO table): "
-          f"{weights_text(overall)}")
+    print_summary(summaries, "default", "combined score with the shipped defaults (score.final; chosen on all of "
+                                        "these datasets, so not held-out)")
+    overall_level, overall = (choose_joint(by_level, spec.weights, args.lodo_objective) if tables
+                              else (FAMILY_AGREEMENT, ()))
+    print(f"\nchosen on all {len(tables)} datasets (a proposed default; its estimate is the LODO table): "
+          f"{weights_text(overall)}; families at object agreement >= {overall_level:g}")
     folds = {}
-    for w in chosen.values():
-        folds[weights_text(w)] = folds.get(weights_text(w), 0) + 1
+    for lv, w in chosen_joint.values():
+        key = f"{weights_text(w)}; families {lv:g}"
+        folds[key] = folds.get(key, 0) + 1
     print("LODO choices across folds: " + "; ".join(f"{k} ({v}x)" for k, v in folds.items()))
     if len(tables) > 1:  # how much the estimate depends on the LODO objective (both are held-out numbers)
         for obj in ("mean", "worst"):
-            held = [tables[d][w] for d, w in lodo(tables, spec.weights, obj).items()]
+            held = [by_level[lv][d][w] for d, (lv, w) in lodo_joint(by_level, spec.weights, obj).items()]
             print(f"LODO objective {obj}: held-out mean regret {_nanmean([r for _, r in held]):.3f}, "
                   f"mean rho {_nanmean([x for x, _ in held]):.2f}, worst regret {np.nanmax([r for _, r in held]):.3f}")
     if not args.no_he:

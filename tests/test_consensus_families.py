@@ -260,3 +260,27 @@ def test_staged_study_gives_a_pipeline_the_same_final_score_in_every_stage(tmp_p
     # a re-run with nothing new does not re-score (the markers are current)
     r = run_cli(*args, cwd=tmp_path)
     assert r.returncode == 0 and "final scores of stage(s)" not in r.stdout + r.stderr
+
+
+def test_two_missed_objects_of_seven_are_not_near_duplicates(tmp_path):
+    """A pool of few objects (MitoCheck: 7 nuclei): finding 5 of them is object agreement 0.83.
+
+    At the earlier level 0.8 that is one family with the candidates finding all 7, and a
+    homogeneous pool has no consensus at all; at the default level they are two families.
+    """
+    seven = NUCLEI[:7]
+    full = _discs(seven, 6)
+    missed = _discs(seven[:5], 6)
+    assert object_agreement(object_signature(full), object_signature(missed)) == pytest.approx(2 * 5 / 12)
+    assert 0.8 < 2 * 5 / 12 < FAMILY_AGREEMENT
+    store = LabelStore(tmp_path)
+    for t, lab in enumerate([full, missed]):
+        store.save(t, {"img": lab}, {"img": GOOD})
+    counts = {}
+    for level in (0.8, None, 0.95):
+        pool = ConsensusPool(store, score_spec(), family_agreement=level)
+        pool.refresh()
+        counts[level] = pool.n_families("img")
+    assert counts == {0.8: 1, None: 2, 0.95: 2}
+    with pytest.raises(ValueError):
+        ConsensusPool(store, score_spec(), family_agreement=0.0)

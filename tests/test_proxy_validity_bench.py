@@ -195,3 +195,27 @@ def test_tag_curve_without_the_tag_queue(bench, scored, monkeypatch):
     how, curve = pv.tag_curve(first["dsb2018_256"], counts=(3, 6), seeds=2)
     assert how.startswith("random simulated tags") and "error" not in how
     assert set(curve) == {3, 6} and all(0.0 <= v <= 1.0 for v in curve.values())
+
+
+def test_joint_lodo_of_family_level_and_weights_never_uses_the_held_out_dataset(bench):
+    pv, _ = bench
+    A, B = (("shape", 1.0), ("consensus", 0.0)), (("shape", 0.0), ("consensus", 1.0))
+    default = {"shape": 2.0, "consensus": 0.5}
+    # level 0.9: the training sets do best with A; level 0.8: worse everywhere but on "held"
+    tables = {
+        0.9: {"a": {A: (0.9, 0.0), B: (0.5, 0.1)}, "b": {A: (0.8, 0.0), B: (0.6, 0.0)},
+              "held": {A: (-0.5, 0.5), B: (-0.5, 0.5)}},
+        0.8: {"a": {A: (0.6, 0.1), B: (0.5, 0.1)}, "b": {A: (0.5, 0.1), B: (0.7, 0.0)},
+              "held": {A: (1.0, 0.0), B: (1.0, 0.0)}},
+    }
+    chosen = pv.lodo_joint(tables, default, default_level=0.9)
+    assert chosen["held"] == (0.9, A)
+    # with "held" in training (another set held out) its preference for 0.8 counts
+    assert pv.choose_joint({lv: {d: t[d] for d in ("b", "held")} for lv, t in tables.items()}, default,
+                           default_level=0.9) == (0.8, B)
+    # a tie between levels goes to the library's level
+    same = {lv: {"a": {A: (0.5, 0.0), B: (0.1, 0.0)}} for lv in (0.8, 0.95)}
+    assert pv.choose_joint(same, default, default_level=0.95)[0] == 0.95
+    assert pv.choose_joint(same, default, default_level=0.8)[0] == 0.8
+    with pytest.raises(ValueError):
+        pv.choose_joint({}, default)

@@ -86,6 +86,18 @@ def test_pairs_put_the_leader_against_challengers_it_has_not_met():
     assert order[0] not in {b for _, b in pairs2}  # ruled out by the judgement
 
 
+def test_pairs_defend_the_run_that_would_be_chosen_now():
+    """The leader is the final rule's choice (model when it beats the proxy in CV), not a blend of rankings."""
+    X, proxy, tags, agree, disagree = _disagreement_case()
+    model = fit_tag_model(X, [tags.get(i) for i in range(len(X))], min_tagged=10, seed=0, check_proxy=True)
+    assert not model.use_proxy  # the case exercises the model path: the tags teach what the proxy ignores
+    chosen = top_pick(model.predict_value(X), tags, [])
+    assert chosen != int(np.argmax(proxy)) and chosen not in disagree  # not the proxy's choice
+    pairs = choose_pairs(X, proxy, tags, [], k=2, seed=0)
+    assert pairs and all(a == chosen for a, _ in pairs)
+    assert chosen not in {b for _, b in pairs}
+
+
 def test_model_from_comparisons_only_ranks_a_constructed_set():
     rng = np.random.default_rng(3)
     n = 16

@@ -169,6 +169,9 @@ class ConsensusPool:
         study); a ``trial`` number given to :meth:`consensus` refers to the
         first.
     spec : the study's scoring (weights of the other proxies: plausibility).
+    family_agreement : object agreement at which two candidates are near-duplicates (one family);
+        default :data:`~opsef_opt.score.proxies.consensus.FAMILY_AGREEMENT`. ``bench/proxy_validity.py``
+        varies it to choose the default by leave-one-dataset-out.
 
     A study's candidates are deliberately diverse, and many of them are poor
     (a threshold that merges everything, a watershed that splits every
@@ -183,10 +186,14 @@ class ConsensusPool:
     candidates.
     """
 
-    def __init__(self, stores: LabelStore | Sequence[LabelStore], spec: ScoreSpec) -> None:
+    def __init__(self, stores: LabelStore | Sequence[LabelStore], spec: ScoreSpec,
+                 family_agreement: float | None = None) -> None:
         self.stores: list[LabelStore] = [stores] if isinstance(stores, LabelStore) else list(stores)
         if not self.stores:
             raise ValueError("ConsensusPool needs at least one label store")
+        self.family_agreement = FAMILY_AGREEMENT if family_agreement is None else float(family_agreement)
+        if not 0.0 < self.family_agreement <= 1.0:
+            raise ValueError(f"family_agreement must be in (0, 1], got {family_agreement}")
         self.store = self.stores[0]
         self.spec = spec
         self.images: dict[str, _Image] = {}
@@ -229,8 +236,8 @@ class ConsensusPool:
             self._rebalance(img, name)
 
     def _nearest_family(self, img: _Image, sig: ObjectSignature) -> int:
-        """The family whose leader agrees most with ``sig``; -1 when none reaches FAMILY_AGREEMENT."""
-        best, best_agree = -1, FAMILY_AGREEMENT
+        """The family whose leader agrees most with ``sig``; -1 when none reaches ``family_agreement``."""
+        best, best_agree = -1, self.family_agreement
         for fid, fam in enumerate(img.families):
             lead = img.cands[fam.leader].sig
             n, m = sig.n, lead.n

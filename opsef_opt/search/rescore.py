@@ -27,14 +27,17 @@ from opsef_opt.search.pool import ConsensusPool, LabelStore
 __all__ = ["final_scores", "common_final_scores"]
 
 
-def final_scores(store: LabelStore, spec: ScoreSpec, objective: str, trials: list[int]) -> dict[int, dict[str, float]]:
+def final_scores(store: LabelStore, spec: ScoreSpec, objective: str, trials: list[int],
+                 family_agreement: float | None = None) -> dict[int, dict[str, float]]:
     """``{trial: {"proxy.consensus.final", "proxy.final", "proxy.plausible.final", "score.final"?}}`` of one store."""
-    return common_final_scores({"": store}, spec, {"": objective}, {"": trials}).get("", {})
+    return common_final_scores({"": store}, spec, {"": objective}, {"": trials},
+                               family_agreement=family_agreement).get("", {})
 
 
 def common_final_scores(stores: Mapping[str, LabelStore], spec: ScoreSpec, objectives: Mapping[str, str],
                         trials: Mapping[str, Sequence[int]],
-                        pool: ConsensusPool | None = None) -> dict[str, dict[int, dict[str, float]]]:
+                        pool: ConsensusPool | None = None,
+                        family_agreement: float | None = None) -> dict[str, dict[int, dict[str, float]]]:
     """Final scores of the given trials of every stage, all against one pool of every store's candidates.
 
     Parameters
@@ -45,6 +48,8 @@ def common_final_scores(stores: Mapping[str, LabelStore], spec: ScoreSpec, objec
     trials : stage name -> trial numbers to score (stored ones only).
     pool : an already refreshed pool over ``stores`` (in that order), if the
         caller has one.
+    family_agreement : near-duplicate level of a pool built here (default: the
+        library's :data:`~opsef_opt.score.proxies.consensus.FAMILY_AGREEMENT`).
 
     Returns
     -------
@@ -56,7 +61,7 @@ def common_final_scores(stores: Mapping[str, LabelStore], spec: ScoreSpec, objec
         return {}
     order = list(stores)
     if pool is None:
-        pool = ConsensusPool([stores[s] for s in order], spec)
+        pool = ConsensusPool([stores[s] for s in order], spec, family_agreement)
         pool.refresh()
     index = {s: i for i, s in enumerate(order)}
     func = PROXIES.get("consensus").func
