@@ -9,7 +9,9 @@ then reads the Optuna storage and MLflow store it produced and prints:
   (scoring, Optuna storage, MLflow, artifacts: everything else), overall and
   as a fixed cost in ms per trial, and the model time per trial at which that
   fixed cost would be 5 %;
-- preprocessing computations vs. cache hits.
+- preprocessing computations vs. cache hits;
+- what the fixed cost per trial is made of (scoring vs. the rest) and the
+  network forward passes the study ran (and raw outputs it reused).
 
 Usage: python bench/harness_overhead.py [--keep DIR] [hydra overrides ...]
 """
@@ -78,6 +80,15 @@ def main() -> None:
           f"(here: {seg.mean():.3f} s per trial)")
     print(f"preprocessing: {cache.get('computed', '?')} computed, "
           f"{cache.get('memory_hits', 0)} memory hits + {cache.get('disk_hits', 0)} disk hits")
+    score = np.nansum(m("time_score_s"))
+    rest = outside - score
+    print(f"fixed cost per trial (mean): scoring (proxies + GT) {score / n * 1000:.0f} ms, everything else "
+          f"(Optuna storage, MLflow run creation and logging, waiting for the recording thread) "
+          f"{rest / n * 1000:.0f} ms; recording itself (background) {np.nanmean(m('time_log_s')) * 1000:.0f} ms")
+    fwd = m("forward_passes")
+    if np.isfinite(fwd).any():
+        print(f"network forward passes: {int(np.nansum(fwd))} (raw outputs reused: "
+              f"{int(np.nansum(m('inference_reused')))})")
     if not args.keep:
         print(f"(outputs in {work})")
 

@@ -9,10 +9,14 @@ preprocessings x a coarse model grid (24 pipelines), ``fine`` = TPE around
 coarse's top 5 (ranges widened to the study's neighbouring values, what
 coarse never tried kept as candidates, the top 5 evaluated first; their
 labels come from the segmentation cache, so they run no model). Printed: the
-model evaluations (trials that ran the model on some image) the staged
-search needed to reach 99 % of the grid's best GT F1, as a share of the
-grid's evaluations (target <= 25 %), the best score each reaches, wall
-times, and the speed-up of ``n_workers=2`` over 1 on the grid.
+network forward passes (each trial's ``forward_passes`` metric: one per
+distinct preprocessed image x model x inference parameters, the U-Net's
+settings differ only in post-processing so they share one) and the model
+evaluations (trials that ran a model, classical included, on some image) the
+staged search needed to reach 99 % of the grid's best GT F1, as shares of the
+grid's (target <= 25 % of the grid's forward passes), the best score each
+reaches, wall times, and the speed-up of ``n_workers=2`` over 1 on the grid
+in wall time and in forward passes per second.
 
 Both run through the real CLI (``python -m opsef_opt``) in a temporary
 folder; the objective is GT F1 so the two are comparable.
@@ -108,6 +112,17 @@ def trials(work: Path, study: str, stage: str) -> list[optuna.trial.FrozenTrial]
     return sorted(s.get_trials(states=(optuna.trial.TrialState.COMPLETE,)), key=lambda t: t.datetime_start)
 
 
+def forward_passes(work: Path, study: str, ts: list[optuna.trial.FrozenTrial]) -> np.ndarray:
+    """Each trial's forward passes (its MLflow run's ``forward_passes`` metric; 0 when absent)."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{work / 'studies' / 'mlflow.db'}")
+    exp = client.get_experiment_by_name(study)
+    runs = client.search_runs([exp.experiment_id], max_results=10000)
+    by_id = {r.info.run_id: r.data.metrics.get("forward_passes", 0.0) for r in runs}
+    return np.array([by_id.get(t.user_attrs.get("mlflow_run_id"), 0.0) for t in ts], int)
+
+
 def loop_seconds(ts: list[optuna.trial.FrozenTrial]) -> float:
     return (max(t.datetime_complete for t in ts) - min(t.datetime_start for t in ts)).total_seconds()
 
@@ -132,8 +147,10 @@ def main() -> None:
     wall1 = run(work, conf.parent, "study=eff_grid")
     grid = trials(work, "eff_grid", "search")
     best = max(t.value for t in grid)
-    print(f"grid: {len(grid)} pipelines, best GT F1 {best:.4f}, wall {wall1:.1f} s "
-          f"(search loop {loop_seconds(grid):.1f} s), 1 worker")
+    grid_passes = int(forward_passes(work, "eff_grid", grid).sum())
+    print(f"grid: {len(grid)} pipelines, {grid_passes} forward passes, best GT F1 {best:.4f}, wall {wall1:.1f} s "
+          f"(search loop {loop_seconds(grid):.1f} s, {grid_passes / loop_seconds(grid):.2f} forward passes/s), "
+          f"1 worker")
 
     needed = []
     for seed in [int(s) for s in args.seeds.split(",")]:
@@ -144,23 +161,31 @@ def main() -> None:
         values = np.array([t.value for t in order])
         # a trial whose labels all came from an earlier identical one (fine's enqueued top-k) ran no model
         ran = np.cumsum([t.user_attrs.get("summary", {}).get("segment_reused", 0) < N_IMAGES for t in order])
+        passes = np.cumsum(np.concatenate([forward_passes(work, "eff_staged", trials(work, "eff_staged", st))
+                                           for st in ("coarse", "fine")]))
         hit = np.nonzero(values >= 0.99 * best)[0]
         n = int(ran[hit[0]]) if hit.size else None
-        needed.append(n)
-        reached = f"after {n} model evaluations ({n / len(grid):.0%} of the grid)" if n else "never"
-        print(f"staged seed {seed}: {len(order)} trials, {int(ran[-1])} model evaluations, best {values.max():.4f} "
-              f"({values.max() / best:.1%} of grid best), reached 99 % {reached}, wall {wall:.1f} s")
-    ok = [n for n in needed if n]
+        f = int(passes[hit[0]]) if hit.size else None
+        needed.append(f)
+        reached = (f"after {f} forward passes ({f / grid_passes:.0%} of the grid's) and {n} model evaluations "
+                   f"({n / len(grid):.0%} of the grid's)" if hit.size else "never")
+        print(f"staged seed {seed}: {len(order)} trials, {int(passes[-1])} forward passes, {int(ran[-1])} model "
+              f"evaluations, best {values.max():.4f} ({values.max() / best:.1%} of grid best), "
+              f"reached 99 % {reached}, wall {wall:.1f} s")
+    ok = [n for n in needed if n is not None]
     if ok:
-        print(f"staged search: median {np.median(ok):.0f} model evaluations to 99 % of the grid's best = "
-              f"{np.median(ok) / len(grid):.0%} of the grid's {len(grid)} (reached in {len(ok)}/{len(needed)} seeds)")
+        print(f"staged search: median {np.median(ok):.0f} forward passes to 99 % of the grid's best = "
+              f"{np.median(ok) / grid_passes:.0%} of the grid's {grid_passes}, worst {max(ok) / grid_passes:.0%} "
+              f"(reached in {len(ok)}/{len(needed)} seeds)")
 
     if not args.skip_workers:
         work = root / "grid2"
         work.mkdir()
         wall2 = run(work, conf.parent, "study=eff_grid", "n_workers=2")
         grid2 = trials(work, "eff_grid", "search")
-        print(f"grid with n_workers=2: wall {wall2:.1f} s (search loop {loop_seconds(grid2):.1f} s); speed-up over 1 "
+        passes2 = int(forward_passes(work, "eff_grid", grid2).sum())
+        print(f"grid with n_workers=2: wall {wall2:.1f} s (search loop {loop_seconds(grid2):.1f} s, {passes2} forward "
+              f"passes, {passes2 / loop_seconds(grid2):.2f} forward passes/s); speed-up over 1 "
               f"worker: wall {wall1 / wall2:.2f}x, search loop {loop_seconds(grid) / loop_seconds(grid2):.2f}x")
     print(f"(outputs in {root})")
 

@@ -317,9 +317,17 @@ class BioimageioUNet(Segmenter):
                         "hi": float(np.percentile(sample, kw.get("max_percentile", 100.0)))}
         return {}
 
-    def segment(self, image: np.ndarray, threshold: float = 0.5, min_distance: int = 5,
-                min_size: int = 20, stats: dict[str, float] | None = None) -> Segmentation:
-        prob = self.probability(image, stats)
+    # the package's own input normalisation is fixed by its description, so no tunable parameter
+    # changes the forward pass: threshold, min_distance and min_size all act on the probability map
+    inference_params = ()
+
+    def infer(self, image: np.ndarray, stats: dict[str, float] | None = None, **_: Any) -> dict[str, np.ndarray]:
+        return {"probability": self.probability(image, stats)}
+
+    def postprocess(self, raw: dict[str, np.ndarray], image: np.ndarray, threshold: float = 0.5,
+                    min_distance: int = 5, min_size: int = 20,
+                    stats: dict[str, float] | None = None) -> Segmentation:
+        prob = raw["probability"]
         labels = instances_from_probability(prob, threshold, min_distance, min_size)
         from scipy import ndimage as ndi
 

@@ -365,33 +365,73 @@ class CellposeSegmenter(Segmenter):
             return float(diameter)
         return self.default_diameter
 
-    def segment(
-        self,
-        image: np.ndarray,
-        diameter: float | None = None,
-        scale: float | None = None,
-        flow_threshold: float = 0.4,
-        cellprob_threshold: float = 0.0,
-        normalize: bool = True,
-        invert: bool = False,
-        **_: Any,
-    ) -> Segmentation:
+    # diameter/scale set the resize factor, normalize and invert change the network's input;
+    # flow_threshold and cellprob_threshold act on the flows and cell probability it returns
+    inference_params = ("diameter", "scale", "normalize", "invert")
+
+    def split_params(self, params: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+        if self.cp4:  # Cellpose 4's mask step is not split here (untested): one whole call, all params inference
+            return {k: v for k, v in params.items() if k != "stats"}, {}
+        return super().split_params(params)
+
+    def _eval_kwargs(self, d: float | None, normalize: bool) -> dict[str, Any]:
+        kwargs: dict[str, Any] = dict(diameter=d, normalize=bool(normalize))
+        if not self.cp4:
+            kwargs["channels"] = [0, 0]
+        return kwargs
+
+    def infer(self, image: np.ndarray, diameter: float | None = None, scale: float | None = None,
+              normalize: bool = True, invert: bool = False, flow_threshold: float = 0.4,
+              cellprob_threshold: float = 0.0, **_: Any) -> dict[str, np.ndarray]:
+        """Flows ``dP`` (2, Y, X) and ``cellprob`` (Y, X) at the image's size, and the diameter used.
+
+        Cellpose 3: the network only (``compute_masks=False``), as ``eval`` runs it. Cellpose 4: the
+        whole ``eval`` (masks included; the thresholds are then inference params, see ``split_params``).
+        """
         img = np.asarray(image, dtype=np.float32)
         if img.ndim != 2:
             raise ValueError(f"cellpose expects a 2D (Y, X) image, got shape {img.shape}")
         d = self.eval_diameter(diameter, scale)
         if invert:  # here, not in Cellpose: Cellpose ignores invert when normalize is False
             img = 1.0 - img
-        kwargs = dict(diameter=d, flow_threshold=float(flow_threshold),
-                      cellprob_threshold=float(cellprob_threshold), normalize=bool(normalize))
-        if not self.cp4:
-            kwargs["channels"] = [0, 0]
-        masks, flows, _styles = self._model.eval(img, **kwargs)[:3]
-        labels = np.asarray(masks).astype(np.int32, copy=False)
+        kwargs = self._eval_kwargs(d, normalize)
+        if self.cp4:
+            masks, flows, _styles = self._model.eval(img, flow_threshold=float(flow_threshold),
+                                                     cellprob_threshold=float(cellprob_threshold), **kwargs)[:3]
+            return {"masks": np.asarray(masks).astype(np.int32, copy=False), "dP": np.asarray(flows[1]),
+                    "cellprob": np.asarray(flows[2]), "diameter": np.asarray(np.nan if d is None else d)}
+        _masks, flows, _styles = self._model.eval(img, compute_masks=False, **kwargs)[:3]
+        return {"dP": np.asarray(flows[1]), "cellprob": np.asarray(flows[2]),
+                "diameter": np.asarray(np.nan if d is None else d, np.float64)}
+
+    def postprocess(self, raw: dict[str, np.ndarray], image: np.ndarray, flow_threshold: float = 0.4,
+                    cellprob_threshold: float = 0.0, **_: Any) -> Segmentation:
+        dP, cellprob = raw["dP"], raw["cellprob"]
+        d = float(raw["diameter"])
+        d = None if np.isnan(d) else d
+        if self.cp4:
+            labels = np.asarray(raw["masks"]).astype(np.int32, copy=False)
+        else:
+            labels = self._masks(dP, cellprob, d, float(flow_threshold), float(cellprob_threshold))
+        flows = [None, dP, cellprob]
         prob = _cell_probability(labels, flows)
         errors = _flow_error(labels, flows, getattr(self._model, "device", None)) if prob else None
         return Segmentation(labels, _confidence(prob, errors),
                             {"diameter": d, "cell_probability": prob, "flow_error": errors})
+
+    def _masks(self, dP: np.ndarray, cellprob: np.ndarray, d: float | None, flow_threshold: float,
+               cellprob_threshold: float) -> np.ndarray:
+        """Cellpose 3 ``eval``'s mask step for one 2D image, with its defaults (``niter`` from the rescale)."""
+        if d is not None and d > 0:
+            rescale = self.diam_mean / d
+        else:
+            rescale = self.diam_mean / self._model.diam_labels
+        niter = 1 / rescale * 200  # eval: resample=True, niter=None
+        h, w = cellprob.shape
+        masks = self._model._compute_masks((1, h, w), dP[:, None], cellprob[None], flow_threshold=flow_threshold,
+                                           cellprob_threshold=cellprob_threshold, interp=True, min_size=15,
+                                           max_size_fraction=0.4, niter=niter)
+        return np.asarray(masks).squeeze().astype(np.int32, copy=False)
 
 
 def _cell_probability(labels: np.ndarray, flows) -> dict[int, float] | None:

@@ -101,7 +101,16 @@ class ClassicalSegmenter(Segmenter):
         Param("split", "bool", True, help="split touching objects by watershed"),
     )
 
-    def segment(self, image: np.ndarray, stats: dict | None = None, **params) -> Segmentation:
+    # No network: every parameter is post-processing (``inference_params`` is empty) and the "raw
+    # output" is the preprocessed image itself, which the preprocessing cache already keeps; the
+    # search therefore caches no raw output for this family and counts no forward passes.
+    has_network = False
+    inference_params = ()
+
+    def infer(self, image: np.ndarray, stats: dict | None = None, **_: object) -> dict[str, np.ndarray]:
+        return {}
+
+    def postprocess(self, raw: dict, image: np.ndarray, stats: dict | None = None, **params) -> Segmentation:
         fixed = (stats or {}).get("threshold")
         return Segmentation(threshold_watershed(image, fixed_threshold=fixed, **params))
 

@@ -371,8 +371,16 @@ class CPUNetSegmenter(Segmenter):
             self._probs.popitem(last=False)
         return probs
 
-    def segment(self, image: np.ndarray, **params: Any) -> Segmentation:
-        probs = self.probabilities(image)
+    # min-max input scaling is fixed: every tunable parameter acts on the class maps
+    inference_params = ()
+
+    def infer(self, image: np.ndarray, stats: dict | None = None, **_: Any) -> dict[str, np.ndarray]:
+        # through the per-instance cache of the last few images, as whole calls did before the split
+        return {"class_probabilities": self.probabilities(image)}
+
+    def postprocess(self, raw: dict[str, np.ndarray], image: np.ndarray, stats: dict | None = None,
+                    **params: Any) -> Segmentation:
+        probs = raw["class_probabilities"]
         labels = labels_from_classes(probs, **params)
         ids = np.arange(1, int(labels.max()) + 1)
         conf = ndi.mean(probs[..., 1], labels, ids) if ids.size else []

@@ -352,8 +352,17 @@ class StarDistSegmenter(Segmenter):
     def image_stats(self, sample: np.ndarray, pmin: float = 1.0, pmax: float = 99.8, **params) -> dict[str, float]:
         return {"lo": float(np.percentile(sample, pmin)), "hi": float(np.percentile(sample, pmax))}
 
-    def segment(self, image: np.ndarray, prob_thresh: float | None = None, nms_thresh: float | None = None,
-                pmin: float = 1.0, pmax: float = 99.8, stats: dict[str, float] | None = None) -> Segmentation:
+    # the normalisation percentiles change the network's input (n_tiles follows from the image
+    # size); prob_thresh and nms_thresh act on the predicted probabilities and distances
+    inference_params = ("pmin", "pmax")
+    #: candidate points are kept down to this probability by :meth:`infer` (the lowest ``prob_thresh``
+    #: allowed); :meth:`postprocess` keeps those above the trial's threshold
+    RAW_PROB_FLOOR = 0.01
+
+    def infer(self, image: np.ndarray, pmin: float = 1.0, pmax: float = 99.8,
+              stats: dict[str, float] | None = None) -> dict[str, np.ndarray]:
+        """StarDist's sparse prediction (``predict_sparse``, as ``predict_instances`` runs it) down to
+        a probability floor: per candidate point its probability, ray distances and position."""
         from csbdeep.utils import normalize, normalize_mi_ma
 
         img = np.asarray(image, np.float32)
@@ -365,10 +374,32 @@ class StarDistSegmenter(Segmenter):
         x = (normalize_mi_ma(img, stats["lo"], stats["hi"]) if stats  # a tile: the whole image's percentiles
              else normalize(img, pmin, pmax, axis=None))
         n_tiles = self.n_tiles(img.shape)
+        floor = min(self.RAW_PROB_FLOOR, self.thresholds["prob"])
         with self._scope():
-            labels, details = self.model.predict_instances(
-                x, axes=axes, n_tiles=n_tiles, prob_thresh=prob_thresh, nms_thresh=nms_thresh,
-                show_tile_progress=False, verbose=False)
+            res = self.model.predict_sparse(x, axes=axes, n_tiles=n_tiles, prob_thresh=floor,
+                                            show_tile_progress=False)
+        raw = {"prob": np.asarray(res[0]), "dist": np.asarray(res[1]), "points": np.asarray(res[-1]),
+               "floor": np.asarray(floor, np.float64), "n_tiles": np.asarray(n_tiles, np.int64),
+               "shape": np.asarray(img.shape[:2], np.int64)}
+        if len(res) == 4:  # a multi-class model
+            raw["prob_class"] = np.asarray(res[2])
+        return raw
+
+    def postprocess(self, raw: dict[str, np.ndarray], image: np.ndarray, prob_thresh: float | None = None,
+                    nms_thresh: float | None = None, stats: dict[str, float] | None = None) -> Segmentation:
+        used = self.thresholds
+        thr = used["prob"] if prob_thresh is None else float(prob_thresh)
+        if thr < float(raw["floor"]):
+            raise ValueError(f"stardist: prob_thresh {thr} is below the cached prediction's floor "
+                             f"{float(raw['floor'])}")
+        # exactly the candidates predict_instances would have kept at this threshold, in the same order
+        keep = raw["prob"] > thr
+        prob_class = raw["prob_class"][keep] if "prob_class" in raw else None
+        with self._scope():
+            labels, details = self.model._instances_from_prediction(
+                tuple(int(v) for v in raw["shape"]), raw["prob"][keep], raw["dist"][keep],
+                points=raw["points"][keep], prob_class=prob_class, prob_thresh=prob_thresh, nms_thresh=nms_thresh,
+                scale=None, return_labels=True, overlap_label=None, verbose=False)
         labels = labels.astype(np.int32, copy=False)
         # label i+1 is polygon i of details (StarDist renders them in that order);
         # a polygon fully covered by others has no pixels and is left out
@@ -376,10 +407,9 @@ class StarDistSegmenter(Segmenter):
         present = np.unique(labels)
         present = present[(present > 0) & (present <= prob.size)]
         confidence = {int(i): float(prob[i - 1]) for i in present}
-        used = self.thresholds
         extra = {
-            "n_tiles": n_tiles,
-            "prob_thresh": used["prob"] if prob_thresh is None else float(prob_thresh),
+            "n_tiles": tuple(int(v) for v in raw["n_tiles"]),
+            "prob_thresh": thr,
             "nms_thresh": used["nms"] if nms_thresh is None else float(nms_thresh),
         }
         return Segmentation(labels, confidence=confidence, extra=extra)

@@ -13,6 +13,14 @@ original labels.
 By design it cannot see *consistent* errors: a pipeline that merges every
 pair of touching nuclei does so on the perturbed images too.
 
+Cost: one more forward pass per image and perturbation. In a search the
+perturbed forward pass is cached like any other (per inference key and
+perturbation, :mod:`opsef_opt.search.infercache`), so trials that differ
+only in post-processing share it; and the search does not run this proxy
+at all unless an enabled score uses it (a weight > 0, the gate, the
+``proxy.stability`` objective, or a tag-scored objective; see
+``opsef_opt.search.trial._needs_stability``): its value is then NaN.
+
 Perturbations (only along Y and X, so inputs with Z or RGB channels and
 pipelines that project Z to a 2D label image all work):
 
@@ -164,6 +172,12 @@ def valid_region(name: str, shape: Sequence[int], *, shift: int = 3) -> tuple[sl
     return tuple(sl)
 
 
+def _perturbation_id(name: str, seed: int, *, noise: float, shift: int, zoom: float) -> str:
+    """What determines one perturbed input besides the source: its name and the settings it uses."""
+    settings = {"noise": f"noise={noise!r},seed={seed}", "shift": f"shift={int(shift)}"}.get(name, f"zoom={zoom!r}")
+    return f"{name}:{settings}"
+
+
 def _names(perturbations: str | Sequence[str]) -> list[str]:
     if isinstance(perturbations, str):
         names = [p.strip() for p in perturbations.split(",") if p.strip()]
@@ -207,9 +221,13 @@ def stability_score(result: ImageResult, perturbations: str | Sequence[str] = DE
     if not labels.any():
         return {"stability": 0.0, **{f"stability.{n}": 0.0 for n in names}}
     out: dict[str, float] = {}
+    # a pipeline that caches its forward passes (the search's) keys the perturbed one by what was done
+    cached = getattr(result.segment, "accepts_perturbation", False)
     for name in names:
         moved = perturb(result.source, result.source_axes, name, seed, noise=noise, shift=shift, zoom=zoom)
-        back = unperturb_labels(np.asarray(result.segment(moved)), name, labels.shape, shift=shift)
+        what = _perturbation_id(name, seed, noise=noise, shift=shift, zoom=zoom)
+        labels_p = result.segment(moved, perturbation=what) if cached else result.segment(moved)
+        back = unperturb_labels(np.asarray(labels_p), name, labels.shape, shift=shift)
         region = valid_region(name, labels.shape, shift=shift)
         out[f"stability.{name}"] = match_instances(labels[region], back[region], thresh=iou).f1
     return {"stability": float(np.mean(list(out.values()))), **out}
