@@ -1,12 +1,16 @@
 """The best pipeline file and the stage's plots: written, logged, and runnable on their own."""
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import pytest
 import tifffile
+import yaml
 from mlflow import MlflowClient
+from PIL import Image as PILImage
 
 from opsef_opt.config import ConfigError
+from opsef_opt.figures.decision import SheetLayout
 from opsef_opt.preprocess import run_chain
 from opsef_opt.search.best import load_pipeline
 from opsef_opt.segment import load_segmenter
@@ -23,6 +27,16 @@ def test_best_yaml_reproduces_the_best_trial_and_plots_are_logged(tmp_path):
     pipeline, reshape = load_pipeline(folder / "best.yaml")
     assert pipeline.label == board.loc[0, "pipeline"]
     assert (folder / "best_search.yaml").read_text() == (folder / "best.yaml").read_text()
+    # one trial name everywhere; the demo images have labels: GT metrics in the CSV and best.yaml
+    source = yaml.safe_load((folder / "best.yaml").read_text())["source"]
+    assert source["trial"] == board.loc[0, "trial"] == f"search#{source['number']}"
+    assert {"gt.f1", "gt.ap"} <= set(board.columns) and board["gt.f1"].between(0, 1).all()
+    assert source["gt"]["f1"] == pytest.approx(board.loc[0, "gt.f1"])
+    assert MlflowClient(f"sqlite:///{tmp_path}/studies/mlflow.db").get_run(
+        board.loc[0, "mlflow_run_id"]).info.run_name == board.loc[0, "trial"]
+    # the decision sheet: a ground-truth row, then the 6 trials best first; a section per demo image
+    sheet = np.asarray(PILImage.open(folder / "contact_sheets" / "search.png"))
+    assert sheet.shape == (*SheetLayout(1 + 6, 2, legend=True).shape, 3)
 
     # run on its own, the file's pipeline gives the labels the study's best trial logged
     client = MlflowClient(f"sqlite:///{tmp_path}/studies/mlflow.db")

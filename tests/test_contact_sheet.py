@@ -186,3 +186,68 @@ def test_save_png_and_non_square_rgb_and_float(real, tmp_path):
     np.testing.assert_array_equal(np.asarray(Image.open(out)), sheet)
     with pytest.raises(ValueError, match="differ"):
         render_grid([Cell("a", "b", image, gt[:10], "#1")])
+
+
+# --------------------------------------------------------------------------- decision sheet
+
+def _tile(sheet: np.ndarray, lay, r: int, c: int) -> np.ndarray:
+    return _box_pixels(sheet, lay.tile_box(r, c))
+
+
+def test_decision_sheet_has_a_section_per_image_truth_first_and_outcome_colours(real):
+    from opsef_opt.figures.decision import Candidate, SheetImage, SheetLayout, decision_sheet
+    from opsef_opt.figures.overlay import FN_RGB, FP_RGB, TP_RGB, TRUTH_RGB
+
+    image, gt = real
+    segs = _segmentations(gt)
+    flipped = {k: np.ascontiguousarray(v[::-1]) for k, v in segs.items()}
+    order = ["gt", "eroded", "merged", "split"]  # best first
+    candidates = [Candidate(f"coarse#{i}", 0.9 - 0.1 * i, f"filter=median(size=3) | {k} pipeline",
+                            {"a": segs[k], "b": flipped[k]}, tag="correct" if k == "gt" else None,
+                            gt={"f1": 0.9, "ap": 0.7}, tie="near-tie" if i < 2 else "")
+                  for i, k in enumerate(order)]
+    images = [SheetImage("a", image, gt), SheetImage("b", np.ascontiguousarray(image[::-1]), flipped["gt"])]
+    sheet = decision_sheet(candidates, images, title="demo/coarse: top 4")
+    lay = SheetLayout(1 + len(candidates), 2, legend=True)
+    assert sheet.shape == lay.shape + (3,)
+    for c in range(2):  # one section (column) per image, with its name and crop on top
+        assert _not_background(_box_pixels(sheet, lay.col_header_box(c))) > 50
+        assert _has_colour(_tile(sheet, lay, 0, c), TRUTH_RGB)  # ground-truth row first
+        exact = _tile(sheet, lay, 1, c)  # the best candidate: every object found
+        assert _has_colour(exact, TP_RGB) and not _has_colour(exact, FP_RGB) and not _has_colour(exact, FN_RGB)
+        assert _has_colour(_tile(sheet, lay, 3, c), FN_RGB)  # merged neighbours: misses (true outlines)
+        assert _has_colour(_tile(sheet, lay, 4, c), FP_RGB)  # split objects: false positives
+        for r in range(1, 5):
+            assert _not_background(_box_pixels(sheet, lay.caption_box(r, c))) > 20, "tile caption missing"
+    for r in range(5):
+        assert _not_background(_box_pixels(sheet, lay.row_header_box(r))) > 100, "row header missing"
+    assert _has_colour(_box_pixels(sheet, lay.row_header_box(1)), TAG_RGB["correct"])
+
+    # without ground truth: no truth row; yellow outlines, and in lower rows magenta where an object
+    # matches none of the first row's (here: the merged candidate against the exact one)
+    from opsef_opt.figures.decision import DIFF_RGB
+
+    plain = decision_sheet([candidates[0], candidates[2]], [SheetImage("a", image)], title="t")
+    lay = SheetLayout(2, 1, legend=True)
+    assert plain.shape[0] == lay.shape[0]
+    first, merged = _tile(plain, lay, 0, 0), _tile(plain, lay, 1, 0)
+    assert _has_colour(first, (255, 255, 0)) and not _has_colour(first, DIFF_RGB)
+    assert _has_colour(merged, DIFF_RGB) and not _has_colour(merged, TP_RGB)
+    twin = Candidate("coarse#9", 0.8, "the same labels", dict(candidates[0].labels))
+    same = decision_sheet([candidates[0], twin], [SheetImage("a", image)])
+    assert not _has_colour(_tile(same, lay, 1, 0), DIFF_RGB)  # identical rows: nothing marked
+
+
+def test_decision_sheet_tiles_are_large_enough_to_judge(real):
+    """A 256 px image is shown as a 160 px crop on a 256 px tile: 1.6 x, outlines 2 px wide."""
+    from opsef_opt.figures.decision import Candidate, SheetImage, SheetLayout, decision_sheet
+
+    image, gt = real
+    sheet = decision_sheet([Candidate("s#0", 0.5, "p", {"a": gt})], [SheetImage("a", image)])
+    lay = SheetLayout(1, 1)
+    y0, x0, y1, x1 = lay.tile_box(0, 0)
+    assert (y1 - y0, x1 - x0) == (256, 256)
+    yellow = np.all(sheet[y0:y1, x0:x1] == (255, 255, 0), axis=-1)
+    # most outline pixels have an outline neighbour across the line: lines are 2 px, not 1 px
+    thick = yellow[1:-1, 1:-1] & (yellow[2:, 1:-1] | yellow[:-2, 1:-1]) & (yellow[1:-1, 2:] | yellow[1:-1, :-2])
+    assert thick.sum() > 0.5 * yellow.sum()

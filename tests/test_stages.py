@@ -81,7 +81,7 @@ def test_top_k_of_coarse_define_and_seed_fine_and_confirm_runs_them_on_all_image
     assert board.groupby("stage").size().to_dict() == {"coarse": 12, "fine": 5, "confirm": 2}
     assert list(dict.fromkeys(board["stage"])) == ["coarse", "fine", "confirm"]
     best_fine = board[board["stage"] == "fine"].iloc[0]
-    assert best_fine["stage_rank"] == 1 and best_fine["trial"] == top2[0]
+    assert best_fine["stage_rank"] == 1 and best_fine["number"] == top2[0] and best_fine["trial"] == f"fine#{top2[0]}"
 
 
 def _fine_states(db) -> tuple[int, int]:

@@ -10,6 +10,7 @@ import pytest
 from mlflow import MlflowClient
 from PIL import Image as PILImage
 
+from opsef_opt.figures.decision import SheetLayout
 from opsef_opt.track.contact_sheet import grid_shape
 
 from conftest import TEST_CONF, run_cli
@@ -57,12 +58,15 @@ def test_first_stage_writes_proxies_final_scores_and_contact_sheet(searched):
             assert key in m, key
     # (proxy.consensus.final needs 3 other families of near-duplicates voting: this 6-candidate pool
     # of 2 preprocessings x 3 watershed settings has too few, so its consensus is NaN and left out)
-    sheet = searched / "studies" / "tagged" / "contact_sheets" / "search.png"
-    # 2 preprocessings (rows) x 3 watershed settings (columns)
-    assert np.asarray(PILImage.open(sheet)).shape == (*grid_shape(2, 3), 3)
+    sheets = searched / "studies" / "tagged" / "contact_sheets"
+    # the decision sheet: the 6 candidates as rows (no ground truth: no truth row; a legend of the
+    # colours that mark objects unlike the first row), a section per demo image
+    assert np.asarray(PILImage.open(sheets / "search.png")).shape == (*SheetLayout(6, 2, legend=True).shape, 3)
+    # the grid of every candidate: 2 preprocessings (rows) x 3 watershed settings (columns)
+    assert np.asarray(PILImage.open(sheets / "search_grid.png")).shape == (*grid_shape(2, 3), 3)
     parent = [r for r in client.search_runs([children[0].info.experiment_id], max_results=100)
               if "optuna.trial" not in r.data.tags][0]
-    assert [a.path for a in client.list_artifacts(parent.info.run_id, "contact_sheet")] == ["contact_sheet/search.png"]
+    assert "contact_sheet/search.png" in [a.path for a in client.list_artifacts(parent.info.run_id, "contact_sheet")]
 
 
 def test_tag_stage_waits_for_tags_then_is_seeded_with_their_values(study_dir):

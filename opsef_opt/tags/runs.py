@@ -21,6 +21,7 @@ from typing import Iterator
 from mlflow import MlflowClient
 
 from opsef_opt.config import TAGS
+from opsef_opt.track.names import stage_of, trial_name
 
 __all__ = ["QUALITY_TAG", "NOTE_TAG", "BETTER_TAG", "SAME_TAG", "TrialRun", "normalize_tag", "set_quality",
            "trial_runs", "set_comparison", "comparisons_of", "parse_ids"]
@@ -63,7 +64,12 @@ class TrialRun:
 
     @property
     def stage(self) -> str:
-        return self.study.rsplit("/", 1)[-1]
+        return stage_of(self.study)
+
+    @property
+    def name(self) -> str:
+        """The trial's one name, ``<stage>#<number>`` (as in MLflow, the leaderboard and the contact sheets)."""
+        return trial_name(self.stage, self.trial)
 
 
 def _search(client: MlflowClient, experiment_id: str, filter_string: str) -> Iterator:

@@ -44,7 +44,7 @@ def tag_mode(settings: Settings, stdin: TextIO = sys.stdin, out: TextIO = sys.st
         runs = [r for r in runs if r.stage == settings.stage]
     for r in runs:
         if r.raw_tag:
-            print(f"warning: run {r.run_id} (trial {r.stage}#{r.trial}) has quality={r.raw_tag!r}, not one of "
+            print(f"warning: run {r.run_id} (trial {r.name}) has quality={r.raw_tag!r}, not one of "
                   f"{', '.join(TAGS)}; it is ignored until corrected", file=out)
     if settings.tags_csv:
         default_stage = settings.stage or settings.study.stages[0].name
@@ -68,7 +68,7 @@ def tag_mode(settings: Settings, stdin: TextIO = sys.stdin, out: TextIO = sys.st
         print(PROMPT, file=out)
         for k, run in enumerate(batch, start=1):
             while True:
-                print(f"[{k}/{len(batch)}] trial {run.stage}#{run.trial}  score {_score(run):.4f}  {run.pipeline}\n> ",
+                print(f"[{k}/{len(batch)}] trial {run.name}  score {_score(run):.4f}  {run.pipeline}\n> ",
                       end="", file=out, flush=True)
                 line = stdin.readline()
                 if not line or line.strip().lower() in ("q", "quit"):
@@ -139,8 +139,8 @@ def _compare(runs: list[TrialRun], settings: Settings, client, stdin: TextIO, ou
             sheet = None
         where = f"  (contact sheet: {sheet})" if sheet else ""
         while True:
-            print(f"[{k}/{want}] which is better?{where}\n  A: trial {a.stage}#{a.trial}  {a.tag or 'untagged'}  "
-                  f"score {_score(a):.4f}  {a.pipeline}\n  B: trial {b.stage}#{b.trial}  {b.tag or 'untagged'}  "
+            print(f"[{k}/{want}] which is better?{where}\n  A: trial {a.name}  {a.tag or 'untagged'}  "
+                  f"score {_score(a):.4f}  {a.pipeline}\n  B: trial {b.name}  {b.tag or 'untagged'}  "
                   f"score {_score(b):.4f}  {b.pipeline}\n> ", end="", file=out, flush=True)
             line = stdin.readline()
             answer = line.strip().lower()
@@ -189,7 +189,7 @@ def _summary(runs: list[TrialRun], settings: Settings, out: TextIO, tagged_now: 
     for i in order:
         r = runs[i]
         said = f"tagged {r.tag}" if r.tag else (f"predicted {predicted[i]}" if predicted[i] else "untagged")
-        print(f"  trial {r.stage}#{r.trial}  {said} ({value[i]:.2f})  {r.pipeline}", file=out)
+        print(f"  trial {r.name}  {said} ({value[i]:.2f})  {r.pipeline}", file=out)
 
 
 def _split(pipeline: str) -> tuple[str, str]:
@@ -224,11 +224,41 @@ def _sheet(settings: Settings, batch: list[TrialRun], name: str = "to_tag.png", 
     ref = reference_intensities(item, cells_labels[0][1].shape, item.data)
     if ref.ndim != 2:
         return None
-    window = choose_crop(ref, [lab for _, lab in cells_labels])
     if prefixes and len(cells_labels) != len(batch):
         return None  # a pair needs both
-    cells = [Cell(*_split(run.pipeline), ref[window], lab[window],
-                  f"{prefixes[k] if k < len(prefixes) else ''}{run.stage}#{run.trial}  {_score(run):.3f}")
-             for k, (run, lab) in enumerate(cells_labels)]
     path = settings.study_dir / "contact_sheets" / name
+    if prefixes:
+        return _pair_sheet(settings, items, batch, prefixes, title, path)
+    window = choose_crop(ref, [lab for _, lab in cells_labels])
+    cells = [Cell(*_split(run.pipeline), ref[window], lab[window],
+                  f"{prefixes[k] if k < len(prefixes) else ''}{run.name}  {_score(run):.3f}")
+             for k, (run, lab) in enumerate(cells_labels)]
     return save_png(render_list(cells, title=f"{settings.study.name}: {title}, image {item.name}"), path)
+
+
+def _pair_sheet(settings: Settings, items, runs: list[TrialRun], prefixes: tuple[str, ...], title: str, path):
+    """The runs as rows of a decision sheet (:mod:`opsef_opt.figures.decision`) on up to 6 images."""
+    from opsef_opt.figures.decision import Candidate, SheetImage, decision_sheet
+    from opsef_opt.search.pool import LabelStore
+    from opsef_opt.search.trial import reference_intensities
+    from opsef_opt.track.contact_sheet import save_png
+
+    candidates = []
+    for prefix, run in zip(prefixes, runs):
+        store = LabelStore(settings.study_dir / "labels" / run.stage)
+        candidates.append(Candidate(f"{prefix.strip(': ')}: {run.name}", _score(run), run.pipeline,
+                                    store.load(run.trial), run.tag, {}, store.load_metrics(run.trial)))
+    images = []
+    for item in items[:6]:
+        lab = candidates[0].labels.get(item.name)
+        if lab is None or lab.ndim != 2:
+            continue
+        ref = reference_intensities(item, lab.shape, item.data)
+        if ref.ndim == 2:
+            truth = item.truth if item.truth is not None and item.truth.shape == lab.shape else None
+            images.append(SheetImage(item.name, ref, truth))
+    if not images:
+        return None
+    sheet = decision_sheet(candidates, images, f"{settings.study.name}: {title}",
+                           sparse=settings.study.images.labels_sparse, numbered=False)
+    return save_png(sheet, path)

@@ -2,10 +2,13 @@
 
 Like the comparison figures of OpSeF (Rasse et al. 2020): rows are
 preprocessing pipelines, columns are model settings, and each cell shows the
-object outlines (:func:`opsef_opt.track.artifacts.overlay_rgb`) on the same
-crop, captioned with the trial number, its score and, once an analyst has
-judged it, a colour-coded quality tag.  :func:`render_list` lays out the same
-cells in a plain reading order (for tagging runs by number).
+object outlines (on a dark halo, drawn at display resolution:
+:func:`opsef_opt.figures.tiles.tile_rgb`; TP / FP / missed colours when the
+cell carries ground truth) on the same crop, captioned with the trial name
+(``coarse#18``), its score and, once an analyst has judged it, a colour-coded
+quality tag.  :func:`render_list` lays out the same cells in a plain reading
+order (for tagging runs by name). The stage's decision sheet (best candidates
+on every image) is :mod:`opsef_opt.figures.decision`.
 
 Every size is fixed by :class:`Layout` (a function of the cell size and the
 number of rows and columns only), so a sheet's pixel size is known before it
@@ -13,17 +16,17 @@ is drawn: :func:`grid_shape` and :func:`list_shape`.
 """
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
-from skimage.segmentation import find_boundaries
+from PIL import Image, ImageDraw
 
-from opsef_opt.track.artifacts import overlay_rgb
+from opsef_opt.figures.text import draw_lines, font, text_width, wrap
+from opsef_opt.figures.crops import choose_crop
+from opsef_opt.figures.overlay import OUTLINE_RGB, Match
+from opsef_opt.figures.tiles import tile_rgb
 
 __all__ = [
     "Cell", "Layout", "TAG_RGB", "EMPTY_RGB", "BACKGROUND_RGB",
@@ -77,6 +80,11 @@ class Cell:
     labels: np.ndarray
     caption: str
     tag: str | None = None
+    #: outline colour when the cell is not coloured against ground truth
+    color: tuple[int, int, int] = OUTLINE_RGB
+    #: crop of the ground truth and the matching of the whole image (colours TP / FP / misses)
+    truth: np.ndarray | None = None
+    match: Match | None = None
 
 
 # --------------------------------------------------------------------------- layout
@@ -210,185 +218,14 @@ def _list_layout(n_cells: int, ncols: int, cell_px: int) -> Layout:
 
 # --------------------------------------------------------------------------- text
 
-@lru_cache(maxsize=16)
-def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
-    """Pillow's bundled font at ``size`` px (needs Pillow >= 10.1 with FreeType)."""
-    try:
-        return ImageFont.load_default(size=size)
-    except (TypeError, ImportError, OSError):  # old Pillow / no FreeType: fixed bitmap font
-        return ImageFont.load_default()
-
-
-def _width(text: str, font) -> float:
-    return font.getlength(text)
-
-
-# lines break after spaces, commas, semicolons and pipes; a word wider than a line
-# breaks after one of _SOFT (e.g. "median(" / "size=3)") or, failing that, anywhere
-_TOKEN = re.compile(r"[^\s,;|]*[\s,;|]*")
-_SOFT = "(_=.-+/:"
-
-
-def _greedy(text: str, font, width: float) -> list[str]:
-    tokens = [t for t in _TOKEN.findall(text) if t]
-    lines: list[str] = []
-    line = ""
-    for token in tokens:
-        if _width((line + token).rstrip(), font) <= width:
-            line += token
-            continue
-        if line.strip():
-            lines.append(line.rstrip())
-        line = token.lstrip()
-        while _width(line.rstrip(), font) > width and len(line) > 1:  # one token wider than a line
-            cut = max(1, _fit_chars(line, font, width))
-            lines.append(line[:cut])
-            line = line[cut:]
-    if line.strip():
-        lines.append(line.rstrip())
-    return lines
-
-
-def _fit_chars(text: str, font, width: float) -> int:
-    """How many leading characters of ``text`` to put on a line ``width`` px wide."""
-    n = len(text)
-    while n > 1 and _width(text[:n], font) > width:
-        n -= 1
-    soft = max(text.rfind(ch, 0, n) for ch in _SOFT) + 1
-    return soft if soft > n // 3 else n
-
-
-def _ellipsize(text: str, font, width: float) -> str:
-    if _width(text, font) <= width:
-        return text
-    while text and _width(text + "...", font) > width:
-        text = text[:-1]
-    return text.rstrip() + "..."
-
-
-def wrap(text: str, font, width: float, max_lines: int) -> list[str]:
-    """Lines of ``text`` no wider than ``width`` px, at most ``max_lines``.
-
-    Pipeline labels put one step per line where that fits
-    (``"filter=median(size=3) | background=tophat(radius=15)"`` becomes
-    ``filter=median(size=3) |`` / ``background=tophat(radius=15)``); otherwise
-    lines break after spaces, commas, ``|`` or ``(``, and inside a word only
-    when it alone is too wide.  Text that still does not fit ends in ``...``.
-    """
-    if max_lines <= 0 or not text:
-        return []
-    steps = [s.strip() for s in text.split(" | ")]
-    lines: list[str] = []
-    for i, step in enumerate(steps):
-        lines += _greedy(step + (" |" if i < len(steps) - 1 else ""), font, width)
-    if len(lines) > max_lines:
-        lines = _greedy(text, font, width)
-    if len(lines) > max_lines:
-        lines = lines[:max_lines]
-        lines[-1] = _ellipsize(lines[-1] + " ...", font, width)
-    return lines
-
-
-def _draw_lines(draw: ImageDraw.ImageDraw, lines: Sequence[str], font, box: tuple[int, int, int, int],
-                line_px: int, fill, align: str = "left", valign: str = "top") -> None:
-    y0, x0, y1, x1 = box
-    total = len(lines) * line_px
-    y = {"top": y0, "middle": y0 + (y1 - y0 - total) // 2, "bottom": y1 - total}[valign]
-    dy = (line_px - getattr(font, "size", line_px)) // 2  # centre the glyphs on their line
-    for line in lines:
-        x = x0 if align == "left" else x0 + ((x1 - x0) - _width(line, font)) / 2
-        draw.text((x, y + dy), line, font=font, fill=fill)
-        y += line_px
+_font, _width, _draw_lines = font, text_width, draw_lines  # the names this module's drawing uses
 
 
 # --------------------------------------------------------------------------- crops
 
-def _to_uint8(image: np.ndarray) -> np.ndarray:
-    """2D crop scaled to 8 bits between its 0.5th and 99.5th percentiles (RGB uint8 kept)."""
-    image = np.asarray(image)
-    if image.ndim == 3 and image.shape[-1] in (3, 4) and image.dtype == np.uint8:
-        return image[..., :3]
-    img = image.astype(np.float32)
-    finite = img[np.isfinite(img)]
-    if finite.size == 0:
-        return np.zeros(img.shape[:2] + img.shape[2:3], np.uint8)
-    lo, hi = np.percentile(finite, (0.5, 99.5))
-    if hi <= lo:
-        lo, hi = float(finite.min()), float(finite.max())
-    if hi <= lo:
-        return np.zeros(img.shape, np.uint8)
-    out = np.clip((np.nan_to_num(img, nan=lo) - lo) / (hi - lo), 0, 1)
-    return np.round(out * 255).astype(np.uint8)
-
-
 def _cell_rgb(cell: Cell, side: int) -> np.ndarray:
-    """The cell's overlay, scaled so its longer side is ``side`` px.
-
-    Enlarged crops get their outlines drawn first and are then scaled with
-    nearest neighbours (thicker, crisp outlines); shrunk crops are scaled first
-    (image by area averaging, labels by nearest neighbours) so the outlines
-    stay one display pixel wide instead of being averaged away.
-    """
-    img8 = _to_uint8(cell.image)
-    labels = np.asarray(cell.labels)
-    if labels.shape != img8.shape[:2]:
-        raise ValueError(f"cell {cell.caption!r}: labels {labels.shape} and image {img8.shape[:2]} differ")
-    h, w = labels.shape
-    scale = side / max(h, w)
-    size = (max(1, round(w * scale)), max(1, round(h * scale)))
-    if scale >= 1:
-        rgb = overlay_rgb(img8, labels)
-        return np.asarray(Image.fromarray(rgb).resize(size, Image.Resampling.NEAREST))
-    small = np.asarray(Image.fromarray(img8).resize(size, Image.Resampling.BOX))
-    small_labels = np.asarray(Image.fromarray(labels.astype(np.int32)).resize(size, Image.Resampling.NEAREST))
-    return overlay_rgb(small, small_labels)
-
-
-def choose_crop(image: np.ndarray, labels: Sequence[np.ndarray], size: int = 256) -> tuple[slice, slice]:
-    """The ``size`` x ``size`` window (the whole extent where the image is smaller) worth comparing.
-
-    Each pixel scores ``f + 4 f (1 - f) + 4 b (1 - b)``, where ``f`` is the
-    fraction of candidate segmentations that call it foreground and ``b`` the
-    fraction that draw an object boundary through it.  The first term favours
-    windows full of objects (an empty window says nothing about a
-    segmentation); the other two are 1 where half the candidates disagree and
-    0 where all agree, so windows where candidates split, merge, miss or
-    reshape objects differently win over ones where every candidate looks the
-    same.  With a single candidate this is simply the window with the most
-    object pixels.  Window sums come from a summed-area table, so every
-    position is tried; ties go to the top-most, then left-most window.  When
-    no candidate has any object, the centred window is returned.
-
-    Parameters
-    ----------
-    image : numpy.ndarray
-        (Y, X) or (Y, X, C) image; only its (Y, X) extent is used.
-    labels : sequence of numpy.ndarray
-        Candidate label images, each (Y, X).
-    size : int
-        Side of the window in pixels.
-
-    Returns
-    -------
-    tuple of slice
-        ``(rows, cols)`` to index the image and every label image with.
-    """
-    height, width = np.asarray(image).shape[:2]
-    h, w = min(size, height), min(size, width)
-    centred = (slice((height - h) // 2, (height - h) // 2 + h), slice((width - w) // 2, (width - w) // 2 + w))
-    labels = [np.asarray(lab) for lab in labels]
-    for lab in labels:
-        if lab.shape != (height, width):
-            raise ValueError(f"labels of shape {lab.shape} do not match the image ({height}, {width})")
-    if not labels or not any(lab.any() for lab in labels):
-        return centred
-    fg = np.mean([lab > 0 for lab in labels], axis=0)
-    edge = np.mean([find_boundaries(lab, mode="inner") for lab in labels], axis=0)
-    score = fg + 4 * fg * (1 - fg) + 4 * edge * (1 - edge)
-    table = np.pad(score.cumsum(0).cumsum(1), ((1, 0), (1, 0)))
-    sums = table[h:, w:] - table[:-h, w:] - table[h:, :-w] + table[:-h, :-w]
-    y0, x0 = np.unravel_index(int(np.argmax(sums)), sums.shape)
-    return slice(int(y0), int(y0) + h), slice(int(x0), int(x0) + w)
+    """The cell's overlay, its longer side ``side`` px (:func:`opsef_opt.figures.tiles.tile_rgb`)."""
+    return tile_rgb(cell.image, cell.labels, side, cell.color, cell.truth, cell.match, f"cell {cell.caption!r}")
 
 
 # --------------------------------------------------------------------------- drawing

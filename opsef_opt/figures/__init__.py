@@ -1,0 +1,1 @@
+"""Figures a user judges segmentations by: overlays, colour-coded labels, decision sheets."""
