@@ -28,7 +28,7 @@ __all__ = [
     "validate",
 ]
 
-MODES = ("search", "models", "tag", "apply", "reimport")
+MODES = ("search", "models", "tag", "apply", "reimport", "ui")
 TAGS = ("correct", "over", "under", "failed")
 DEFAULT_TAG_VALUES = {"correct": 1.0, "over": 0.4, "under": 0.4, "failed": 0.0}
 SAMPLERS = ("auto", "grid", "tpe", "random")
@@ -192,7 +192,7 @@ class StudySpec:
     search: SearchSpec
     score: ScoreSpec
     stages: tuple[StageSpec, ...] = ()
-    #: study.apply (opsef_opt.apply.config.ApplySpec): the apply mode's tiles, filters, classes, exports
+    #: study.apply (opsef_opt.batch.config.ApplySpec): the apply mode's tiles, filters, classes, exports
     apply: Any = None
 
 
@@ -248,12 +248,20 @@ class Settings:
 # ---------------------------------------------------------------- helpers
 
 
+def did_you_mean(word: Any, options: Any) -> str:
+    """``"; did you mean X?"`` for the options closest to a mistyped ``word`` ("" when none is close)."""
+    import difflib
+
+    close = difflib.get_close_matches(str(word), [str(o) for o in options], n=3, cutoff=0.6)
+    return f"; did you mean {' or '.join(close)}?" if close else ""
+
+
 def _keys(where: str, node: Mapping, allowed: Mapping[str, Any]) -> None:
     for key in node:
         if key not in allowed:
-            raise ConfigError(
-                f"{where}.{key}: unknown key; allowed keys: {', '.join(allowed)}"
-            )
+            hint = did_you_mean(key, allowed)
+            keys = f" (allowed keys: {', '.join(allowed)})" if hint else f"; allowed keys: {', '.join(allowed)}"
+            raise ConfigError(f"{f'{where}.' if where else ''}{key}: unknown key{hint}{keys}")
 
 
 def _typed(where: str, value: Any, types: tuple, what: str, nullable: bool = False) -> Any:
@@ -275,7 +283,8 @@ def _int(where: str, value: Any, low: int | None = None, nullable: bool = False)
 
 def _choice(where: str, value: Any, allowed: tuple) -> Any:
     if value not in allowed:
-        raise ConfigError(f"{where}={value!r}: expected one of {', '.join(map(str, allowed))}")
+        raise ConfigError(f"{where}={value!r}: expected one of {', '.join(map(str, allowed))}"
+                          f"{did_you_mean(value, allowed)}")
     return value
 
 
@@ -742,7 +751,7 @@ def validate(cfg: DictConfig | Mapping, base: Path | None = None) -> Settings:
         search=_search("study.search", study.get("search") or {}),
         score=_score("study.score", study.get("score") or {}),
     )
-    from opsef_opt.apply.config import apply_spec
+    from opsef_opt.batch.config import apply_spec
 
     spec = replace(spec, apply=apply_spec("study.apply", study.get("apply"), base))
     n_trials = _int("n_trials", raw.get("n_trials"), 1)

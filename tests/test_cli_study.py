@@ -16,6 +16,8 @@ import tifffile
 from mlflow import MlflowClient
 from PIL import Image as PILImage
 
+from opsef_opt.figures.overlay import TP_RGB
+
 from conftest import DEMO, TEST_CONF, popen_cli, run_cli
 
 pytestmark = pytest.mark.slow
@@ -69,16 +71,22 @@ def test_short_study_completes_with_leaderboard_and_mlflow_runs(tmp_path):
     # artifacts of one run, read back like a user would
     run = children[0]
     local = Path(client.download_artifacts(run.info.run_id, "images", str(tmp_path / "dl")))
-    assert sorted(p.name for p in local.iterdir()) == ["dsb2018_256", "metrics_per_image.csv", "mitocheck_hela"]
+    names = sorted(p.name for p in local.iterdir())
+    assert [n for n in names if "+step+" not in n] == ["dsb2018_256", "metrics_per_image.csv", "mitocheck_hela"]
+    # MLflow images (key overlay/<image>, labels/<image>; MLflow stores them under images/ too)
+    assert sorted(n.split("+")[0] for n in names if "+step+" in n and n.endswith(".png")) == [
+        "labels~dsb2018_256", "labels~mitocheck_hela", "overlay~dsb2018_256", "overlay~mitocheck_hela"]
     per_image = pd.read_csv(local / "metrics_per_image.csv")
     assert list(per_image["image"]) == ["dsb2018_256", "mitocheck_hela"]
     assert abs(per_image["gt.f1"].mean() - run.data.metrics["gt.f1"]) < 1e-9
     labels = tifffile.imread(local / "dsb2018_256" / "labels.tif")
     assert labels.dtype == np.int32 and labels.shape == (256, 256)
     assert labels.max() == run.data.metrics["dsb2018_256/n_objects"]
+    # the overlay: enlarged 3 x, outlines coloured against the ground truth, a legend strip below
     overlay = np.asarray(PILImage.open(local / "dsb2018_256" / "overlay.png"))
-    assert overlay.shape == (256, 256, 3) and overlay.dtype == np.uint8
-    assert ((overlay == (255, 255, 0)).all(-1)).sum() > 100  # outlines are drawn
+    assert overlay.shape == (3 * 256 + 24, 3 * 256, 3) and overlay.dtype == np.uint8
+    assert ((overlay == TP_RGB).all(-1)).sum() > 100  # true positives are drawn
+    assert np.asarray(PILImage.open(local / "dsb2018_256" / "labels.png")).shape == (256, 256, 3)
     table = pd.read_csv(local / "mitocheck_hela" / "regions.csv")
     assert {"label", "area", "centroid_y", "centroid_x", "perimeter", "eccentricity", "solidity",
             "intensity_mean", "intensity_min", "intensity_max"} <= set(table.columns)
@@ -139,7 +147,7 @@ def test_kill_9_mid_trial_then_resume_completes_budget_once(tmp_path):
         assert status[t.user_attrs["mlflow_run_id"]] == expected
     for t in complete:
         arts = client.list_artifacts(t.user_attrs["mlflow_run_id"], "images/dsb2018_256")
-        assert {Path(a.path).name for a in arts} == {"overlay.png", "labels.tif", "regions.csv"}
+        assert {Path(a.path).name for a in arts} == {"overlay.png", "labels.tif", "labels.png", "regions.csv"}
 
 
 def _completed(folder: Path) -> tuple[set, float]:

@@ -6,7 +6,9 @@ store.
 """
 from __future__ import annotations
 
+import logging
 import re
+import sqlite3
 import time
 from pathlib import Path
 from typing import Any, Mapping
@@ -14,9 +16,16 @@ from typing import Any, Mapping
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 
-from opsef_opt.backends import ensure_sqlite, quiet_db_logs
+from opsef_opt.backends import ensure_sqlite, quiet_db_logs, sqlite_path
+from opsef_opt.track.names import stage_of, trial_name
 
-__all__ = ["Tracker", "metric_name", "tracking_client"]
+__all__ = ["Tracker", "metric_name", "tracking_client", "relocate_artifacts", "EXPERIMENT_KIND"]
+
+log = logging.getLogger("opsef_opt")
+
+#: MLflow 3's experiment tag that picks the UI layout: the classic ML one (runs, metrics, charts), not GenAI
+#: (traces, judges); the values are those of the UI's ExperimentKind enum (mlflow/server/js, 3.17)
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
 
 
 def _init_store(uri: str) -> None:
@@ -54,6 +63,7 @@ class Tracker:
     def __init__(self, tracking_uri: str, artifact_root: Path, experiment: str, description: str = "") -> None:
         self.client = tracking_client(tracking_uri)
         self.tracking_uri = tracking_uri
+        relocate_artifacts(tracking_uri, artifact_root)  # a copied studies/ folder: artifacts go into the copy
         exp = self.client.get_experiment_by_name(experiment)
         if exp is None:
             artifact_root.mkdir(parents=True, exist_ok=True)
@@ -61,7 +71,8 @@ class Tracker:
                 self.experiment_id = self.client.create_experiment(
                     experiment,
                     artifact_location=artifact_root.resolve().as_uri(),
-                    tags={"mlflow.note.content": description} if description else None,
+                    tags={EXPERIMENT_KIND[0]: EXPERIMENT_KIND[1],
+                          **({"mlflow.note.content": description} if description else {})},
                 )
             except Exception:  # created meanwhile by another worker
                 exp = self.client.get_experiment_by_name(experiment)
@@ -72,6 +83,8 @@ class Tracker:
             if exp.lifecycle_stage == "deleted":
                 self.client.restore_experiment(exp.experiment_id)
             self.experiment_id = exp.experiment_id
+            if EXPERIMENT_KIND[0] not in exp.tags:  # made by an older version: open it in the ML layout too
+                self.client.set_experiment_tag(self.experiment_id, *EXPERIMENT_KIND)
 
     # ------------------------------------------------------------ parent runs
     def open_parent(self, run_id: str | None, name: str, tags: Mapping[str, str]) -> str:
@@ -94,7 +107,7 @@ class Tracker:
         """Create the child run of one trial attempt and log its parameters."""
         run = self.client.create_run(
             self.experiment_id,
-            run_name=f"trial-{trial_number:04d}",
+            run_name=trial_name(stage_of(study_name), trial_number),
             tags={
                 "mlflow.parentRunId": parent_id,
                 "optuna.study": study_name,
@@ -129,3 +142,47 @@ class Tracker:
         if tags:
             self.log(run_id, tags=tags)
         self.client.set_terminated(run_id, status=status)
+
+
+def relocate_artifacts(tracking_uri: str, artifact_root: Path, location: str | None = None) -> int:
+    """Point a copied or moved ``studies/`` folder's MLflow store at the artifacts next to it.
+
+    MLflow stores absolute ``file://`` artifact locations (per experiment and
+    per run), so after ``cp -r studies elsewhere`` the copy's ``mlflow.db``
+    still names the original folder and new runs would write there. When the
+    tracking store is the SQLite file next to ``artifact_root`` (the default
+    layout, ``studies/mlflow.db`` + ``studies/mlartifacts``) and its
+    experiments name another ``.../mlartifacts`` folder, every location under
+    that folder is rewritten to ``artifact_root`` (one transaction). Returns
+    the number of experiments moved; other layouts are left alone.
+    ``location``: an experiment's current artifact location, to skip the
+    database when it is already right.
+    """
+    db = sqlite_path(tracking_uri)
+    root = artifact_root.resolve()
+    if db is None or not db.is_file() or db.resolve().parent != root.parent:
+        return 0
+    new = root.as_uri()
+    if location is not None and (location == new or not location.startswith("file://")):
+        return 0
+    con = sqlite3.connect(db, timeout=60)
+    try:
+        with con:
+            rows = con.execute("select experiment_id, artifact_location from experiments").fetchall()
+            olds = {loc for _, loc in rows if loc and loc.startswith("file://") and loc != new
+                    and loc.rstrip("/").endswith("/mlartifacts")}
+            moved = 0
+            for old in olds:
+                tables = {r[0] for r in con.execute("select name from sqlite_master where type='table'")}
+                moved += con.execute("update experiments set artifact_location = ? where artifact_location = ?",
+                                     (new, old)).rowcount
+                for table, column in (("runs", "artifact_uri"), ("logged_models", "artifact_location")):
+                    if table in tables:
+                        con.execute(f"update {table} set {column} = ? || substr({column}, ?) "
+                                    f"where substr({column}, 1, ?) = ?",
+                                    (new + "/", len(old) + 2, len(old) + 1, old + "/"))
+                log.warning("the studies folder was copied or moved: MLflow artifacts of %s now go to %s "
+                            "(was %s)", db, root, old[len("file://"):])
+    finally:
+        con.close()
+    return moved
