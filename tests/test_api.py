@@ -1,6 +1,8 @@
 """The public Python API: a study run from Python writes what the CLI writes and gives back the answer."""
 from __future__ import annotations
 
+import importlib
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -8,7 +10,6 @@ import tifffile
 from mlflow import MlflowClient
 
 import opsef_opt
-from opsef_opt.api import apply as apply_images  # TODO(16): opsef_opt.apply once the apply package is renamed
 from opsef_opt.config import ConfigError
 
 from conftest import DEMO, TEST_CONF
@@ -17,6 +18,9 @@ from conftest import DEMO, TEST_CONF
 def test_public_names_and_version():
     assert opsef_opt.__version__.count(".") >= 2
     assert {"run_study", "load_pipeline", "apply", "Pipeline", "StudyResult"} <= set(dir(opsef_opt))
+    importlib.import_module("opsef_opt.batch.run")  # the apply mode's package: no name clash with the function
+
+    assert callable(opsef_opt.apply) and opsef_opt.apply.__module__ == "opsef_opt.api"
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         opsef_opt.nope  # noqa: B018
 
@@ -46,7 +50,7 @@ def test_run_study_writes_the_cli_files_and_returns_the_best_pipeline(tmp_path, 
     image = tifffile.imread(DEMO / "images" / "dsb2018_256.tif")
     labels = result.best(image)
     assert labels.max() == run.data.metrics["dsb2018_256/n_objects"]
-    by_name = apply_images(result.best, DEMO / "images", progress=False)
+    by_name = opsef_opt.apply(result.best, DEMO / "images", progress=False)
     assert sorted(by_name) == ["dsb2018_256", "mitocheck_hela"]
     np.testing.assert_array_equal(by_name["dsb2018_256"], labels)
 

@@ -11,7 +11,7 @@ import pytest
 import tifffile
 from mlflow import MlflowClient
 
-from opsef_opt.apply.outputs import read_provenance
+from opsef_opt.batch.outputs import read_provenance
 
 from conftest import popen_cli, run_cli, shared
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 import tifffile
 
-from opsef_opt.apply.outputs import preview_step, read_provenance, write_labels
-from opsef_opt.apply.source import list_sources
+from opsef_opt.batch.outputs import preview_step, read_provenance, write_labels
+from opsef_opt.batch.source import list_sources
 from opsef_opt.config import ImagesSpec, ReshapeSpec
 
 from conftest import shared

@@ -6,9 +6,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from opsef_opt.apply.source import list_sources
-from opsef_opt.apply.tiles import plan_tiles
-from opsef_opt.apply.worker import ImageStats, merge_stats, segment_labels, window_stats
+from opsef_opt.batch.source import list_sources
+from opsef_opt.batch.tiles import plan_tiles
+from opsef_opt.batch.worker import ImageStats, merge_stats, segment_labels, window_stats
 from opsef_opt.config import ImagesSpec, ModelSpec, ReshapeSpec
 from opsef_opt.preprocess import run_chain
 from opsef_opt.preprocess.normalize import value_range

@@ -8,7 +8,7 @@ import pytest
 import tifffile
 from scipy import ndimage as ndi
 
-from opsef_opt.apply.tiles import Stitcher, TileBox, keep_core, plan_tiles, segment_tiled
+from opsef_opt.batch.tiles import Stitcher, TileBox, keep_core, plan_tiles, segment_tiled
 from opsef_opt.preprocess import run_chain
 from opsef_opt.segment import load_segmenter
 
@@ -187,11 +187,11 @@ def test_first_tile_wins_and_half_covered_objects_are_dropped(truth):
 def test_objects_wider_than_the_overlap_are_reported(truth, caplog):
     _, reports = stitch_truth(truth, 32, 4)
     assert sum(r.truncated for r in reports) > 0
-    with caplog.at_level(logging.WARNING, logger="opsef_opt.apply.tiles"):
+    with caplog.at_level(logging.WARNING, logger="opsef_opt.batch.tiles"):
         segment_tiled(truth, "YX", lambda window: window, 32, 4)
     assert "increase the overlap" in caplog.text
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="opsef_opt.apply.tiles"):
+    with caplog.at_level(logging.WARNING, logger="opsef_opt.batch.tiles"):
         assert same_objects(truth, segment_tiled(truth, "YX", lambda window: window, 64, 20))
     assert caplog.text == ""
 
@@ -289,7 +289,7 @@ def test_local_dask_workers_get_their_share_of_cores_and_glibcs_adaptive_malloc(
     import os
     from types import SimpleNamespace
 
-    from opsef_opt.apply.run import _Executor
+    from opsef_opt.batch.run import _Executor
     from opsef_opt.segment.device import THREAD_VARS
 
     for var in THREAD_VARS:  # share_cpus sets them in this process; restored afterwards

@@ -239,8 +239,8 @@ def _slip_archive(path: Path) -> Path:
 
 
 def test_refused_archive_says_what_is_wrong_not_that_nothing_matched(tmp_path):
-    from opsef_opt.apply.run import ApplyError
-    from opsef_opt.apply.reimport_mode import run_reimport
+    from opsef_opt.batch.run import ApplyError
+    from opsef_opt.batch.reimport_mode import run_reimport
 
     edited = tmp_path / "edited"
     edited.mkdir()
@@ -253,8 +253,8 @@ def test_refused_archive_says_what_is_wrong_not_that_nothing_matched(tmp_path):
 
 
 def test_too_many_entries_names_the_archive_and_the_limit(tmp_path, monkeypatch):
-    from opsef_opt.apply.run import ApplyError
-    from opsef_opt.apply.reimport_mode import run_reimport
+    from opsef_opt.batch.run import ApplyError
+    from opsef_opt.batch.reimport_mode import run_reimport
 
     edited = tmp_path / "edited"
     edited.mkdir()
@@ -269,8 +269,8 @@ def test_too_many_entries_names_the_archive_and_the_limit(tmp_path, monkeypatch)
 
 
 def test_true_no_match_keeps_the_no_match_message(tmp_path):
-    from opsef_opt.apply.run import ApplyError
-    from opsef_opt.apply.reimport_mode import run_reimport
+    from opsef_opt.batch.run import ApplyError
+    from opsef_opt.batch.reimport_mode import run_reimport
 
     edited = tmp_path / "edited"
     edited.mkdir()
@@ -284,7 +284,7 @@ def test_true_no_match_keeps_the_no_match_message(tmp_path):
 
 @pytest.mark.slow  # a whole run: MLflow store, outputs (~10-20 s)
 def test_one_refused_archive_fails_its_image_and_the_other_is_imported(tmp_path, caplog):
-    from opsef_opt.apply.reimport_mode import run_reimport
+    from opsef_opt.batch.reimport_mode import run_reimport
 
     edited = tmp_path / "edited"
     edited.mkdir()

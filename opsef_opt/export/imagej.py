@@ -25,7 +25,7 @@ and its README ("OpSeF import")::
       12_TmpRoisFromFiji/<stem>_ROIs.zip      "Save" (overwrites the zip above)
       11_SegMasksFromFiji/, 13_ClassifiedSegMasksFromFiji/   "Export" (masks, class masks)
 
-``<stem>`` is :func:`opsef_opt.apply.naming.safe_name` of the image name.
+``<stem>`` is :func:`opsef_opt.batch.naming.safe_name` of the image name.
 
 Confirmed from the source:
 
@@ -67,7 +67,7 @@ import numpy as np
 import roifile
 import tifffile
 
-from opsef_opt.apply.naming import safe_name
+from opsef_opt.batch.naming import safe_name
 from opsef_opt.export.outlines import check_labels, label_polygons
 
 __all__ = ["label_polygons", "roi_name", "write_roi_zip", "write_annotatorj",

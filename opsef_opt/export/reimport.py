@@ -47,7 +47,7 @@ import numpy as np
 import roifile
 import tifffile
 
-from opsef_opt.apply.naming import safe_name
+from opsef_opt.batch.naming import safe_name
 
 __all__ = ["ReimportError", "read_roi_zip", "read_label_image", "import_edited",
            "MAX_BYTES", "MAX_ENTRIES", "RASTER_WORK_FACTOR", "RASTER_WORK_MIN"]

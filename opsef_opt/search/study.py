@@ -42,8 +42,9 @@ from opsef_opt.search.budget import count_trials
 from opsef_opt.search.plots import stage_plots
 from opsef_opt.search.pool import ConsensusPool, LabelStore
 from opsef_opt.search.segcache import SegmentCache
+from opsef_opt.search.infercache import study_inference_cache  # issue 15: inference cache
 from opsef_opt.search.rescore import common_final_scores
-from opsef_opt.search.sheets import stage_contact_sheet
+from opsef_opt.search.sheets import stage_contact_sheet, written_sheets
 from opsef_opt.search.space import grid_points, pipeline_from_params
 from opsef_opt.search.trial import TrialContext, TrialFailed, evaluate, record_trial, run_trial
 from opsef_opt.tags import trial_runs
@@ -555,6 +556,7 @@ def _context(settings: Settings, stage: StageSpec, study: optuna.Study, space: S
         PreprocessCache(settings.study_dir / "cache" / "preprocess"), tracker, parent, Recorder(),
         store, ConsensusPool(store, settings.study.score), settings.log_artifacts, budget=budget,
         segments=SegmentCache(settings.study_dir / "cache" / "segment"),
+        inference=study_inference_cache(settings.study_dir),  # raw model outputs per inference key (issue 15)
     )
 
 
@@ -599,8 +601,10 @@ def _finish_stage(settings: Settings, stage: StageSpec, study: optuna.Study, ctx
     tags = {r.run_id: r.tag for r in runs if r.tag}
     path = settings.study_dir / "contact_sheets" / f"{stage.name}.png"
     try:
-        if stage_contact_sheet(study, ctx.store, ctx.items, ctx.references, tags, path):
-            ctx.tracker.client.log_artifact(ctx.parent_run_id, str(path), "contact_sheet")
+        if stage_contact_sheet(study, ctx.store, ctx.items, ctx.references, tags, path,
+                               sparse=settings.study.images.labels_sparse):
+            for page in written_sheets(path):
+                ctx.tracker.client.log_artifact(ctx.parent_run_id, str(page), "contact_sheet")
             log.info("contact sheet: %s", path)
     except Exception as e:  # a figure must never cost the study its results
         log.warning("contact sheet not written: %s: %s", type(e).__name__, e)
@@ -614,7 +618,7 @@ def _finish_stage(settings: Settings, stage: StageSpec, study: optuna.Study, ctx
 
 
 #: bump when the final re-score computes something else from the same candidates (its results are redone)
-FINAL_SCORES_VERSION = 2
+FINAL_SCORES_VERSION = 3  # 3: near-duplicate families at object agreement 0.9 (was 0.8)
 
 
 def _rescore_study(settings: Settings, stage: StageSpec, study: optuna.Study, tracker: Tracker) -> None:
@@ -716,14 +720,22 @@ def _best_value(study: optuna.Study) -> float | None:
 
 
 def _report(last: dict, n: int, budget: int, ctx: TrialContext | None = None) -> None:
+    """One line per ended trial; on a terminal also a progress bar with the time left (opsef_opt.progress)."""
+    from opsef_opt.progress import trial_progress
+    from opsef_opt.track.names import stage_of, trial_name
+
     if last.get("over_budget"):
         return
+    study_name = ctx.study_name if ctx is not None else "search"
+    name = trial_name(stage_of(study_name), last["number"])
+    left = trial_progress(study_name, n, budget)  # "" on a terminal: the bar shows it
+    left = f"  ({left})" if left else ""
     if last.get("pruned"):
-        log.info("[%d/%d] trial %d pruned (%s)  %s", n, budget, last["number"], last["pruned"], last["pipeline"])
+        log.info("[%d/%d] %s pruned (%s)  %s%s", n, budget, name, last["pruned"], last["pipeline"], left)
     elif last.get("error"):
-        log.warning("[%d/%d] trial %d FAILED: %s", n, budget, last["number"], last["error"])
+        log.warning("[%d/%d] %s FAILED: %s%s", n, budget, name, last["error"], left)
     elif "value" in last:
         # a score against the pool so far is provisional (and without consensus while few families vote)
         value, note = (ctx.pool.progress(last["number"], last["value"], ctx.objective.name)
                        if ctx is not None and ctx.pool is not None else (last["value"], ""))
-        log.info("[%d/%d] trial %d  score %.4f%s  %s", n, budget, last["number"], value, note, last["pipeline"])
+        log.info("[%d/%d] %s  score %.4f%s  %s%s", n, budget, name, value, note, last["pipeline"], left)

@@ -22,6 +22,7 @@ from opsef_opt.score.objective import Objective
 from opsef_opt.search.budget import over_budget
 from opsef_opt.search.pool import ConsensusPool, LabelStore
 from opsef_opt.search.segcache import SegmentCache, segment_key
+from opsef_opt.search.infercache import InferenceCache, inference_key
 from opsef_opt.search.space import Pipeline, suggest_pipeline
 from opsef_opt.config import SearchSpec
 from opsef_opt.segment import load_segmenter, model_cache_info
@@ -58,6 +59,8 @@ class TrialContext:
     budget: int | None = None
     #: segmentations already computed (by any stage or worker), reused instead of running the model again
     segments: SegmentCache | None = None
+    #: raw network outputs per inference key (forward passes shared by post-processing settings); None: off
+    inference: InferenceCache | None = None
 
 
 def _safe(name: str) -> str:
@@ -73,6 +76,10 @@ class ImageOutput:
     shown: np.ndarray  # the preprocessed image the model saw (overlay background)
     raw: np.ndarray  # the image intensities are measured on
     metrics: dict[str, float] = field(default_factory=dict)
+    #: the item's ground-truth labels, when it has them (overlays then colour TP / FP / misses)
+    truth: np.ndarray | None = None
+    #: the ground truth labels only some objects (predictions elsewhere are not judged)
+    sparse: bool = False
 
 
 def reference_intensities(item: Item, shape: tuple[int, ...], shown: np.ndarray) -> np.ndarray:
@@ -91,14 +98,67 @@ def reference_intensities(item: Item, shape: tuple[int, ...], shown: np.ndarray)
     return normalize01(np.asarray(data, np.float32))
 
 
-def _resegment(model, steps, axes: str, params: dict) -> Callable[[np.ndarray], np.ndarray]:
+def _lookup(ctx: TrialContext, model, pipeline: Pipeline, preprocess_key: str, counts: dict[str, int],
+            perturbation: str | None = None):
+    """``lookup(inference_params, compute)`` for :meth:`Segmenter.cached_call`: raw outputs via the cache."""
+
+    def lookup(inference: dict, compute: Callable[[], dict]) -> dict:
+        if ctx.inference is None:
+            raw, how = compute(), "computed"
+        else:
+            key = inference_key(preprocess_key, pipeline.model.family, pipeline.model.init, inference,
+                                model.raw_version, perturbation)
+            raw, how = ctx.inference.get(key, compute)
+        counts["forward_passes"] += how == "computed"
+        counts["inference_reused"] += how != "computed"
+        return raw
+
+    return lookup
+
+
+class _Resegment:
+    """The trial's whole pipeline as a function of the input array (for the stability proxy).
+
+    Called with ``perturbation=<name and settings>`` (the stability proxy does), the forward pass
+    on that perturbed input is cached under the image's inference key plus the perturbation.
+    """
+
+    accepts_perturbation = True
+
+    def __init__(self, ctx: TrialContext | None, model, pipeline: Pipeline | None, steps, axes: str,
+                 params: dict, preprocess_key: str | None = None, counts: dict[str, int] | None = None) -> None:
+        self.ctx, self.model, self.pipeline = ctx, model, pipeline
+        self.steps, self.axes, self.params = steps, axes, params
+        self.preprocess_key, self.counts = preprocess_key, counts
+
+    def __call__(self, source: np.ndarray, perturbation: str | None = None) -> np.ndarray:
+        image, out_axes = run_chain(source, self.axes, self.steps)
+        if perturbation is None or self.ctx is None or self.preprocess_key is None:
+            if self.counts is not None and self.model.has_network:
+                self.counts["forward_passes"] += 1
+            return self.model(image, out_axes, **self.params).labels
+        lookup = _lookup(self.ctx, self.model, self.pipeline, self.preprocess_key, self.counts, perturbation)
+        return self.model.cached_call(image, out_axes, lookup, **self.params).labels
+
+
+def _resegment(model, steps, axes: str, params: dict, ctx: TrialContext | None = None,
+               pipeline: Pipeline | None = None, preprocess_key: str | None = None,
+               counts: dict[str, int] | None = None) -> Callable[[np.ndarray], np.ndarray]:
     """The trial's whole pipeline as a function of the input array (for the stability proxy)."""
+    return _Resegment(ctx, model, pipeline, steps, axes, params, preprocess_key, counts)
 
-    def segment(source: np.ndarray) -> np.ndarray:
-        image, out_axes = run_chain(source, axes, steps)
-        return model(image, out_axes, **params).labels
 
-    return segment
+def _needs_stability(objective: Objective) -> bool:
+    """Whether any enabled score uses the stability proxy (else its perturbed model runs are skipped).
+
+    Enabled: a non-zero weight, the gate, an objective of ``proxy.stability``, or an objective
+    scored by tags (the tag model takes every proxy as a feature).
+    """
+    spec = objective.spec
+    if "stability" not in {p.name for p in spec.proxies}:
+        return False
+    return (bool(spec.weights.get("stability")) or spec.gate == "stability"
+            or objective.name.startswith("proxy.stability") or objective.uses_tags)
 
 
 def evaluate(ctx: TrialContext, pipeline: Pipeline, number: int | None = None,
@@ -117,19 +177,27 @@ def evaluate(ctx: TrialContext, pipeline: Pipeline, number: int | None = None,
     if ctx.pool is not None:
         ctx.pool.refresh()
     reused = 0
+    counts = {"forward_passes": 0, "inference_reused": 0}
+    stability = _needs_stability(ctx.objective)
     for item in ctx.items:
         ctx.check_stop()
         t0 = time.perf_counter()
         key = cache_key(item.fingerprint, pipeline.steps)
         image, axes = ctx.cache.get(key, lambda: run_chain(item.data, item.axes, pipeline.steps))
         t1 = time.perf_counter()
+        lookup = _lookup(ctx, model, pipeline, key, counts)
+
+        def run_model():
+            if model.has_network and not model.splits:  # a family that only implements segment: run whole
+                counts["forward_passes"] += 1
+            return model.cached_call(image, axes, lookup, **pipeline.model_params)
+
         if ctx.segments is not None:
             seg, was_reused = ctx.segments.get(
-                segment_key(key, pipeline.model.family, pipeline.model.init, pipeline.model_params),
-                lambda: model(image, axes, **pipeline.model_params))
+                segment_key(key, pipeline.model.family, pipeline.model.init, pipeline.model_params), run_model)
             reused += was_reused
         else:
-            seg = model(image, axes, **pipeline.model_params)
+            seg = run_model()
         t2 = time.perf_counter()
         if item.name not in ctx.references:
             ctx.references[item.name] = reference_intensities(item, seg.labels.shape, image)
@@ -137,7 +205,8 @@ def evaluate(ctx: TrialContext, pipeline: Pipeline, number: int | None = None,
             seg.labels, image, item.truth, raw=ctx.references[item.name], confidence=seg.confidence,
             consensus=ctx.pool.consensus(item.name, number) if ctx.pool is not None else None,
             source=item.data, source_axes=item.axes,
-            segment=_resegment(model, pipeline.steps, item.axes, pipeline.model_params),
+            segment=_resegment(model, pipeline.steps, item.axes, pipeline.model_params, ctx, pipeline, key, counts)
+            if stability else None,
         )
         values = ctx.objective.image_metrics(result)
         t3 = time.perf_counter()
@@ -147,7 +216,8 @@ def evaluate(ctx: TrialContext, pipeline: Pipeline, number: int | None = None,
         values.update(n_objects=n, mean_object_area=float(np.count_nonzero(seg.labels)) / max(n, 1))
         results.append(result)
         raw = item.data if item.axes == "YX" and item.data.shape == seg.labels.shape else image
-        outputs.append(ImageOutput(item.name, seg.labels, image, raw, values))
+        outputs.append(ImageOutput(item.name, seg.labels, image, raw, values, truth=item.truth,
+                                   sparse=ctx.objective.sparse))
         if report is not None and len(outputs) < len(ctx.items):
             partial = ctx.objective.partial([o.metrics for o in outputs])
             if partial is not None:
@@ -160,6 +230,9 @@ def evaluate(ctx: TrialContext, pipeline: Pipeline, number: int | None = None,
         cache_computed=ctx.cache.stats["computed"],
         model_loads=model_cache_info()["loads"],
         segment_reused=reused,  # images whose labels an earlier identical evaluation gave (no model run)
+        # forward passes this trial ran (stability's perturbed inputs included) and raw outputs it reused
+        forward_passes=counts["forward_passes"],
+        inference_reused=counts["inference_reused"],
     )
     for o in outputs:  # the headline numbers per image; the full table is an artifact
         for k in ("n_objects", "proxy", "gt.f1", "gt.ap"):
@@ -171,15 +244,33 @@ def evaluate(ctx: TrialContext, pipeline: Pipeline, number: int | None = None,
 
 
 def record_trial(tracker: Tracker, run_id: str, outputs: list[ImageOutput], metrics: dict[str, float]) -> None:
-    """Write each image's overlay, labels and region table, log them with the metrics, close the run."""
+    """Write each image's overlay, labels and region table, log them with the metrics, close the run.
+
+    The overlay and the colour-coded labels of each image are also logged as
+    MLflow images (keys ``overlay/<image>``, ``labels/<image>``, step 0), which
+    MLflow's image charts show side by side across runs.
+    """
+    from opsef_opt.track.artifacts import image_key
+
     t0 = time.perf_counter()
     if outputs:
         with tempfile.TemporaryDirectory(prefix="opsef-trial-") as tmp:
+            figures = {}
             for o in outputs:
-                write_image_artifacts(Path(tmp) / _safe(o.name), o.labels, o.shown, region_table(o.labels, o.raw))
+                figures[o.name] = write_image_artifacts(Path(tmp) / _safe(o.name), o.labels, o.shown,
+                                                        region_table(o.labels, o.raw), o.truth, o.sparse)
             table = pd.DataFrame([{"image": o.name, **o.metrics} for o in outputs])
             table.to_csv(Path(tmp) / "metrics_per_image.csv", index=False)
             tracker.log_folder(run_id, Path(tmp), "images")
+        try:  # a figure must never cost the run its metrics
+            for name, rgbs in figures.items():
+                for kind, rgb in rgbs.items():
+                    tracker.client.log_image(run_id, rgb, key=image_key(kind, name), step=0, synchronous=True)
+        except Exception as e:
+            import logging
+
+            logging.getLogger(__name__).warning("MLflow images of run %s not logged: %s: %s",
+                                                run_id, type(e).__name__, e)
     metrics = {**metrics, "time_log_s": time.perf_counter() - t0}
     tracker.log(run_id, metrics=metrics, tags={"opsef.status": "complete"})
     tracker.finish(run_id, "FINISHED")
@@ -255,7 +346,7 @@ def run_trial(trial: optuna.Trial, ctx: TrialContext) -> float:
     # one storage write for everything the leaderboard shows
     trial.set_user_attr("summary", {**_labels(pipeline), **{
         k: metrics[k] for k in ("n_objects_mean", "time_preprocess_s", "time_segment_s", "time_trial_s",
-                                "segment_reused")}})
+                                "segment_reused")}, **{k: v for k, v in metrics.items() if k.startswith("gt.")}})
     ctx.recorder.submit(f"trial {trial.number}", record_trial, ctx.tracker, run_id,
                         outputs if ctx.log_artifacts else [], metrics)
     ctx.last["value"] = value

@@ -16,11 +16,11 @@ from __future__ import annotations
 import logging
 import time
 
-from opsef_opt.apply.analyse import analyse_image, image_dir, mark_done
-from opsef_opt.apply.naming import safe_name
-from opsef_opt.apply.run import ApplyError, ApplyReport, finish_dataset, input_files
-from opsef_opt.apply.source import list_sources
-from opsef_opt.apply.worker import raw_intensity
+from opsef_opt.batch.analyse import analyse_image, image_dir, mark_done
+from opsef_opt.batch.naming import safe_name
+from opsef_opt.batch.run import ApplyError, ApplyReport, finish_dataset, input_files
+from opsef_opt.batch.source import list_sources
+from opsef_opt.batch.worker import raw_intensity
 from opsef_opt.config import ReshapeSpec, Settings
 
 __all__ = ["run_reimport"]
@@ -30,7 +30,7 @@ log = logging.getLogger("opsef_opt")
 
 def _reshape(settings: Settings) -> ReshapeSpec:
     """The reshaping the labels were made on: the best pipeline's, else the study's (without tiles)."""
-    from opsef_opt.apply.run import resolve_pipeline
+    from opsef_opt.batch.run import resolve_pipeline
 
     try:
         _, reshape, _, _ = resolve_pipeline(settings)

@@ -27,9 +27,9 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import pandas as pd
 
-from opsef_opt.apply.analyse import analyse_image, image_dir, is_done, mark_done
-from opsef_opt.apply.source import Source, list_sources
-from opsef_opt.apply.tiles import Stitcher, TileBox, plan_tiles
+from opsef_opt.batch.analyse import analyse_image, image_dir, is_done, mark_done
+from opsef_opt.batch.source import Source, list_sources
+from opsef_opt.batch.tiles import Stitcher, TileBox, plan_tiles
 from opsef_opt.config import ReshapeSpec, Settings
 from opsef_opt.search.space import Pipeline
 
@@ -144,7 +144,7 @@ class _Executor:
 
     def warm_up(self, pipeline: Pipeline, source: Source | None = None) -> None:
         """Load the model in every worker before timing starts (a failure surfaces with the first tile)."""
-        from opsef_opt.apply.worker import warm_up
+        from opsef_opt.batch.worker import warm_up
 
         try:
             if self.client is None:
@@ -200,7 +200,7 @@ STATS_SAMPLE = 2_000_000
 def _image_stats(executor: _Executor, pipeline: Pipeline, images: dict[str, "_Image"],
                  failed: dict[str, str]) -> dict[str, Any]:
     """Image-wide ranges and model statistics of every tiled image, so its tiles match the whole."""
-    from opsef_opt.apply.worker import merge_stats, window_stats
+    from opsef_opt.batch.worker import merge_stats, window_stats
 
     tiled = {name: img for name, img in images.items() if len(img.boxes) > 1}
     ranges, calls = {}, []
@@ -304,9 +304,8 @@ def run_apply(settings: Settings) -> ApplyReport:
     report.n_tiles = len(tasks)
     log.info("apply %s (%s) to %d image(s), %d tile(s), %d worker(s) -> %s", path, pipeline.label, len(todo),
              len(tasks), settings.n_workers, run_dir)
-    from tqdm import tqdm
-
-    from opsef_opt.apply.worker import segment_window
+    from opsef_opt.batch.worker import segment_window
+    from opsef_opt.progress import Progress
 
     t_start = time.perf_counter()
     # nothing left to do (a finished run re-run): no cluster to start
@@ -323,8 +322,8 @@ def run_apply(settings: Settings) -> ApplyReport:
             _drop(images.pop(name))
         calls = [(s.name, segment_window, (s, pipeline, b, spec.quantify, stats.get(s.name)))
                  for s, b in tasks if s.name in images]
-        bar = tqdm(total=len(calls), unit="tile", desc="apply", file=sys.stderr, dynamic_ncols=True,
-                   mininterval=1.0)
+        # a bar with the time left on a terminal (also for one image of one tile), plain lines otherwise
+        bar = Progress(len(calls), "apply", "tile", stream=sys.stderr)
         with bar:
             for name, result in executor.run(calls):
                 bar.update(1)
@@ -351,7 +350,7 @@ def run_apply(settings: Settings) -> ApplyReport:
                         log.error("image %s failed: %s", name, report.failed[name])
                     finally:
                         _drop(img)
-                bar.set_postfix(images=f"{len(report.done)}/{len(todo)}", failed=len(report.failed), refresh=False)
+                bar.set_postfix(images=f"{len(report.done)}/{len(todo)}", failed=len(report.failed))
     finally:
         executor.close()
     report.seconds = time.perf_counter() - t0

@@ -15,10 +15,10 @@ from typing import Any, Mapping
 import numpy as np
 import pandas as pd
 
-from opsef_opt.apply.config import ApplySpec, MaskSpec
-from opsef_opt.apply.naming import safe_name
-from opsef_opt.apply.outputs import preview_step, write_labels, write_overlay, write_table
-from opsef_opt.apply.source import Source
+from opsef_opt.batch.config import ApplySpec, MaskSpec
+from opsef_opt.batch.naming import safe_name
+from opsef_opt.batch.outputs import preview_step, write_labels, write_overlay, write_table
+from opsef_opt.batch.source import Source
 
 __all__ = ["DONE", "analyse_image", "image_dir", "is_done", "object_mask"]
 
@@ -36,7 +36,7 @@ def is_done(run_dir: Path, name: str) -> bool:
 
 def object_mask(source: Source, spec: MaskSpec) -> np.ndarray:
     """The classification mask of one image: the user's mask file, or one made from another channel."""
-    from opsef_opt.apply.worker import raw_intensity
+    from opsef_opt.batch.worker import raw_intensity
     from opsef_opt.post.classify import mask_from_channel
 
     if spec.folder is not None:
@@ -71,7 +71,7 @@ def analyse_image(source: Source, labels: np.ndarray, table: pd.DataFrame, spec:
     (every object), ``labels_kept.ome.tif`` (when a filter removed some),
     ``regions.csv`` (kept), ``removed.csv``, ``overlay.png`` and the exports.
     """
-    from opsef_opt.apply.worker import raw_intensity
+    from opsef_opt.batch.worker import raw_intensity
     from opsef_opt.post.filter import filter_objects
 
     t0 = time.perf_counter()

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from opsef_opt.apply.source import Source
-from opsef_opt.apply.tiles import TileBox, keep_core
+from opsef_opt.batch.source import Source
+from opsef_opt.batch.tiles import TileBox, keep_core
 from opsef_opt.search.space import Pipeline
 
 __all__ = ["TileResult", "ImageStats", "WindowStats", "segment_window", "segment_labels", "window_stats", "warm_up",

@@ -1,0 +1,1 @@
+"""The search: space, trials, stages, scoring pools, leaderboards and best pipelines."""
