@@ -22,7 +22,7 @@ consensus   yes      yes                           yes    errors shared by most 
 stability   yes      NO                            yes    consistent errors: the same merge every run
 shape       yes      yes (low solidity)            yes    wrong objects of plausible shape and size
 contrast    yes      yes (diluted inside)          yes    missed objects, splits/merges of touching
-                                                          objects (see ``contrast.separation``)
+                                                          objects (see ``separation``)
 confidence  NaN      NaN                           NaN    models without confidence; confident errors
 sanity      yes (0)  only above 1/6 of the image   yes    anything plausible-looking: it is a gate
 combine     yes      yes                           yes

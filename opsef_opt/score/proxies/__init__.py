@@ -19,7 +19,7 @@ consensus   yes             yes                          yes         errors shar
 stability   yes             no (by design)               yes         consistent errors (the same merge each run)
 shape       yes             yes (low solidity)           yes         wrong objects of plausible shape and size
 contrast    yes             yes (diluted inside)         yes         missed objects; splits/merges of touching
-                                                                     objects (``contrast.separation`` sees
+                                                                     objects (``separation`` sees
                                                                      missed objects)
 confidence  NaN             NaN                          NaN         models without confidence; confident errors
 sanity      yes (0)         above 1/6 of the image only  yes (0)     anything plausible-looking: it is a gate
