@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import tifffile
 
 from opsef_opt.preprocess import run_chain
@@ -57,8 +58,6 @@ def test_other_parameters_or_a_damaged_entry_run_the_model(tmp_path):
 def test_a_model_trained_again_at_the_same_path_gets_new_keys(tmp_path):
     import os
 
-    from opsef_opt.search import segcache
-
     folder = tmp_path / "my_model"
     folder.mkdir()
     (folder / "weights.bin").write_bytes(b"v1")
@@ -66,6 +65,51 @@ def test_a_model_trained_again_at_the_same_path_gets_new_keys(tmp_path):
     assert segment_key("pre", "stardist", {"model": str(folder)}, {}) == key1
     (folder / "weights.bin").write_bytes(b"v2 longer")
     os.utime(folder / "weights.bin", ns=(1, 1))
-    segcache._files_stamp.cache_clear()  # a new process (the model is loaded once per process, too)
     assert segment_key("pre", "stardist", {"model": str(folder)}, {}) != key1
     assert segment_key("pre", "stardist", {"model": "2D_versatile_fluo"}, {}) != key1  # a name, not a path
+
+
+def test_a_model_retrained_in_this_process_is_loaded_again_and_a_failed_load_retried(tmp_path):
+    """A notebook session: weights put in place or retrained at the same path are used without a restart."""
+    import os
+    from pathlib import Path
+
+    from opsef_opt.segment import SEGMENTERS, Segmentation, Segmenter, load_segmenter, register_segmenter
+    from opsef_opt.segment.registry import forget_failed_loads
+
+    class FromFile(Segmenter):
+        family = "test_from_file"
+        installed = True  # stands for a library or cache outside the files init names
+
+        def __init__(self, path: str) -> None:
+            super().__init__(path=path)
+            if not FromFile.installed:
+                raise RuntimeError("library missing")
+            self.value = int(Path(path).read_text())  # fails while the file is missing
+
+        def segment(self, image, **params):
+            return Segmentation(np.full(image.shape, self.value, np.int32))
+
+    if "test_from_file" not in SEGMENTERS:
+        register_segmenter(FromFile)
+    path = tmp_path / "weights.txt"
+    with pytest.raises(FileNotFoundError):
+        load_segmenter("test_from_file", path=str(path))
+    path.write_text("1")  # the weights put in place: a new file stamp, loaded at the next use
+    first = load_segmenter("test_from_file", path=str(path))
+    assert first.value == 1 and load_segmenter("test_from_file", path=str(path)) is first
+    path.write_text("22")  # retrained at the same path
+    os.utime(path, ns=(1, 1))
+    again = load_segmenter("test_from_file", path=str(path))
+    assert again is not first and again.value == 22
+
+    other = tmp_path / "other.txt"
+    other.write_text("3")
+    FromFile.installed = False
+    with pytest.raises(RuntimeError):
+        load_segmenter("test_from_file", path=str(other))
+    FromFile.installed = True
+    with pytest.raises(RuntimeError):  # remembered within a search: its trials fail fast
+        load_segmenter("test_from_file", path=str(other))
+    forget_failed_loads()  # what each search does when it starts
+    assert load_segmenter("test_from_file", path=str(other)).value == 3

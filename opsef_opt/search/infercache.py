@@ -29,7 +29,7 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from opsef_opt.search.segcache import _files_stamp
+from opsef_opt.segment.registry import model_files_stamp
 
 __all__ = ["InferenceCache", "inference_key", "study_inference_cache", "DEFAULT_MEMORY_BYTES"]
 
@@ -42,7 +42,7 @@ def inference_key(preprocess_key: str, family: str, init: Mapping[str, Any], inf
     """Stable hex key of one forward pass: which input, which network, which inference params."""
     init_json = json.dumps(dict(init), sort_keys=True, default=str)
     payload = json.dumps(["infer", raw_version, preprocess_key, family, init_json, dict(inference),
-                          _files_stamp(init_json), perturbation], sort_keys=True, default=str)
+                          model_files_stamp(init), perturbation], sort_keys=True, default=str)
     return hashlib.sha1(payload.encode()).hexdigest()
 
 

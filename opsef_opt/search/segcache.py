@@ -13,7 +13,6 @@ kept: they are all that scoring uses (``Segmentation.extra`` is not).
 from __future__ import annotations
 
 import contextlib
-import functools
 import hashlib
 import json
 import os
@@ -24,28 +23,9 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from opsef_opt.segment.base import Segmentation
+from opsef_opt.segment.registry import model_files_stamp
 
 __all__ = ["SegmentCache", "segment_key"]
-
-
-@functools.lru_cache(maxsize=None)
-def _files_stamp(init_json: str) -> tuple:
-    """Size and modification time of the files that ``init`` values name (a model retrained in place).
-
-    Computed once per process, like the model itself is loaded once.
-    """
-    stamp = []
-    for value in json.loads(init_json).values():
-        if not isinstance(value, str) or not value or len(value) > 4096:
-            continue
-        path = Path(value).expanduser()
-        try:
-            files = [path] if path.is_file() else sorted(f for f in path.rglob("*") if f.is_file())[:1000] \
-                if path.is_dir() else []
-            stamp += [(str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files]
-        except OSError:
-            continue
-    return tuple(stamp)
 
 
 def segment_key(preprocess_key: str, family: str, init: Mapping[str, Any], params: Mapping[str, Any]) -> str:
@@ -56,7 +36,7 @@ def segment_key(preprocess_key: str, family: str, init: Mapping[str, Any], param
     at the same path is not mistaken for the old one.
     """
     init_json = json.dumps(dict(init), sort_keys=True, default=str)
-    payload = json.dumps([preprocess_key, family, init_json, dict(params), _files_stamp(init_json)],
+    payload = json.dumps([preprocess_key, family, init_json, dict(params), model_files_stamp(init)],
                          sort_keys=True, default=str)
     return hashlib.sha1(payload.encode()).hexdigest()
 

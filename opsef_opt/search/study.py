@@ -371,7 +371,10 @@ def stage_search(settings: Settings, stage: StageSpec, space: SearchSpec) -> Sea
 
 def run_search(settings: Settings) -> list[optuna.Study]:
     """Run (or continue) the study's stages in order, each until its trial budget is spent."""
+    from opsef_opt.segment.registry import forget_failed_loads
+
     quiet_libraries()
+    forget_failed_loads()  # weights put in place since an earlier run in this process are found
     space, skipped = available_space(settings.study.search)
     loaded: dict[str, tuple[list[Item], list[str]]] = {}
     for stage in settings.stages_to_run():  # every image checked before anything is created
