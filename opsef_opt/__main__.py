@@ -71,7 +71,7 @@ documentation: {_readme()}"""
 
 
 def _suggest(word: str, options: list[str]) -> str:
-    from opsef_opt.config import did_you_mean
+    from opsef_opt.checks import did_you_mean
 
     return did_you_mean(word, options)
 

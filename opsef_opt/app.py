@@ -8,6 +8,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from opsef_opt.config import ConfigError, Settings, validate
+from opsef_opt.search import attrs as A
 
 log = logging.getLogger("opsef_opt")
 
@@ -147,11 +148,11 @@ def _search(settings: Settings) -> int:
     for study in studies:
         stage = study.study_name.rsplit("/", 1)[-1]
         print_leaderboard(boards.get(stage, leaderboard(study, tags)), settings.leaderboard_rows, csv,
-                          f"study {study.study_name}", study.user_attrs.get("skipped_models"))
+                          f"study {study.study_name}", study.user_attrs.get(A.SKIPPED_MODELS))
     uri = settings.tracking_uri
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
         uri = "sqlite:///" + str(Path(uri[len("sqlite:///"):]).resolve())
-    stats = studies[-1].user_attrs.get("cache_stats", {}) if studies else {}
+    stats = studies[-1].user_attrs.get(A.CACHE_STATS, {}) if studies else {}
     print(f"\nResults: {settings.study_dir.resolve()}  (leaderboard, contact_sheets/, optuna.db, cache/)")
     print(f"Preprocessing cache: {stats}")
     _print_ui_links(settings, [s.study_name.rsplit("/", 1)[-1] for s in studies])

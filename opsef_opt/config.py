@@ -4,14 +4,48 @@ Every mistake a user can make in a study file or on the command line (an
 unknown key, an unknown step or model, a value of the wrong type, a missing
 image folder) is reported here as one :class:`ConfigError` naming the key, the
 value and what is allowed. Nothing is written before this passes.
+
+The settings types live in :mod:`opsef_opt.settings` (re-exported here) and
+the small checks in :mod:`opsef_opt.checks`; this module is the validators.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Mapping
 
 from omegaconf import DictConfig, OmegaConf
+
+from opsef_opt.checks import (
+    check_keys,
+    choice,
+    integer,
+    is_range,
+    path_value,
+    typed,
+    value_range,
+)
+from opsef_opt.settings import (
+    DEFAULT_TAG_VALUES,
+    FORMATS,
+    MODES,
+    PRUNERS,
+    SAMPLERS,
+    STAGE_SPACES,
+    TAGS,
+    ConfigError,
+    ImagesSpec,
+    ModelSpec,
+    ProxySetting,
+    Range,
+    ReshapeSpec,
+    ScoreSpec,
+    SearchSpec,
+    Settings,
+    StageSpec,
+    StepOption,
+    StudySpec,
+)
 
 __all__ = [
     "ConfigError",
@@ -27,289 +61,6 @@ __all__ = [
     "Settings",
     "validate",
 ]
-
-MODES = ("search", "models", "tag", "apply", "reimport", "ui")
-TAGS = ("correct", "over", "under", "failed")
-DEFAULT_TAG_VALUES = {"correct": 1.0, "over": 0.4, "under": 0.4, "failed": 0.0}
-SAMPLERS = ("auto", "grid", "tpe", "random")
-PRUNERS = ("none", "median", "halving")
-STAGE_SPACES = ("same", "refine", "top")
-FORMATS = ("auto", "tiff", "lif")
-
-
-class ConfigError(ValueError):
-    """The configuration is invalid; the message names the key and the fix."""
-
-
-@dataclass(frozen=True)
-class Range:
-    """A continuous or integer range to search, e.g. ``{low: 0.5, high: 3, log: false}``."""
-
-    low: float
-    high: float
-    log: bool = False
-    step: float | None = None
-
-
-@dataclass(frozen=True)
-class ImagesSpec:
-    folder: Path | None
-    pattern: str
-    files: tuple[Path, ...]
-    format: str
-    channel: int | None
-    axes: str | None
-    z: tuple[int, int] | None
-    lif_image: Any
-    lif_t: int
-    lif_mosaic: int | None
-    labels_folder: Path | None
-    labels_pattern: str
-    train: tuple[str, ...] | None
-    #: only some objects are labelled: score only the labelled ones (see opsef_opt.score.gt)
-    labels_sparse: bool = False
-    #: file-name globs of files to leave out of the study (e.g. label files in the image folder)
-    exclude: tuple[str, ...] = ()
-    #: regular expression matched against the whole image file stem; its groups fill labels_pattern
-    #: ({1}, {2}, ... or {name}), e.g. 't(\\d+)' with 'man_seg{1}.tif' (Cell Tracking Challenge)
-    labels_regex: str | None = None
-
-
-@dataclass(frozen=True)
-class ReshapeSpec:
-    bin: int = 1
-    scale: float = 1.0
-    substack: int | None = None
-    tile_size: tuple[int, ...] | None = None
-    tile_overlap: int = 0
-
-
-@dataclass(frozen=True)
-class StepOption:
-    """One searchable option of a preprocessing slot.
-
-    ``fixed`` holds concrete parameter values; ``ranges`` the parameters the
-    sampler tunes within a range. ``label`` is stable and readable, e.g.
-    ``median(size=3)``, and is what Optuna and MLflow record.
-    """
-
-    slot: str
-    name: str
-    fixed: Mapping[str, Any]
-    ranges: Mapping[str, Range]
-    label: str
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """A model entry of the search space: a registered family plus its settings."""
-
-    label: str
-    family: str
-    init: Mapping[str, Any]
-    fixed: Mapping[str, Any]
-    choices: Mapping[str, tuple]
-    ranges: Mapping[str, Range]
-    #: when its weights are missing, drop it from the search (with a message) instead of failing its trials
-    optional: bool = False
-
-
-@dataclass(frozen=True)
-class SearchSpec:
-    sampler: str
-    preprocess: Mapping[str, tuple[StepOption, ...]]
-    models: tuple[ModelSpec, ...]
-
-
-@dataclass(frozen=True)
-class ProxySetting:
-    """One registered proxy: its weight in the combined score and its options."""
-
-    name: str
-    weight: float
-    options: Mapping[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class ScoreSpec:
-    """How trials are scored (``study.score``).
-
-    ``objective`` is what the search maximises: ``auto`` (ground truth when
-    every image has labels, else the combined proxy), ``gt_<metric>``,
-    ``proxy`` (the combined proxy), ``proxy.<name>`` (one proxy), ``tags``
-    (human quality tags, the learned tag model for untagged runs) or
-    ``tag_model`` (the learned tag model for every run).
-    """
-
-    objective: str = "auto"
-    iou: float = 0.5
-    aggregate: str = "per_image"
-    proxies: tuple[ProxySetting, ...] = ()
-    gate: str | None = "sanity"
-    tag_values: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_TAG_VALUES))
-    min_tagged: int = 10
-
-    @property
-    def weights(self) -> dict[str, float]:
-        return {p.name: p.weight for p in self.proxies}
-
-    def options(self, name: str) -> dict[str, Any]:
-        return next((dict(p.options) for p in self.proxies if p.name == name), {})
-
-
-@dataclass(frozen=True)
-class StageSpec:
-    """One stage of a study: its own Optuna study ``<study>/<name>`` and MLflow parent run."""
-
-    name: str
-    objective: str
-    sampler: str
-    n_trials: int
-    #: none | median | halving: stop a trial after its first images when it is clearly worse
-    pruner: str = "none"
-    #: the earlier stage whose best pipelines this stage starts from
-    source: str | None = None
-    #: same (the study's space) | refine (around the source's top_k) | top (exactly the source's top_k)
-    space: str = "same"
-    top_k: int = 5
-    #: train (study.images.train, or all when not set) | all
-    images: str = "train"
-    #: the stage's own space (its ``search`` merged over the study's), e.g. a coarse subset; None: the study's
-    search: SearchSpec | None = None
-
-    def own_space(self, study_space: "SearchSpec") -> "SearchSpec":
-        """The space a ``space: same`` stage searches."""
-        return self.search if self.search is not None else study_space
-
-
-@dataclass(frozen=True)
-class StudySpec:
-    name: str
-    description: str
-    data_source: str
-    images: ImagesSpec
-    reshape: ReshapeSpec
-    search: SearchSpec
-    score: ScoreSpec
-    stages: tuple[StageSpec, ...] = ()
-    #: study.apply (opsef_opt.batch.config.ApplySpec): the apply mode's tiles, filters, classes, exports
-    apply: Any = None
-
-
-@dataclass(frozen=True)
-class Settings:
-    """Everything one run needs, validated."""
-
-    mode: str
-    study: StudySpec
-    studies_dir: Path
-    n_trials: int
-    seed: int
-    storage: str
-    tracking_uri: str
-    heartbeat_interval: int
-    heartbeat_grace: int
-    log_artifacts: bool
-    leaderboard_rows: int
-    #: run only this stage (None: every stage in order)
-    stage: str | None = None
-    #: mode=tag: import tags from this CSV instead of asking
-    tags_csv: Path | None = None
-    #: mode=tag: how many untagged runs to show and ask about at once
-    tag_batch: int = 12
-    #: mode=tag: "which is better, A or B?" questions after each batch of tags
-    tag_pairs: int = 3
-    #: worker processes on this machine sharing each stage
-    n_workers: int = 1
-    #: delete this stage's trials and run it again
-    restart_stage: str | None = None
-    #: mode=apply: this pipeline file instead of the study's best.yaml
-    pipeline: Path | None = None
-    #: mode=apply: segment the images of this folder (or file) instead of the study's
-    input: Path | None = None
-    #: mode=apply/reimport: name of the output folder under studies/<study>/apply/
-    apply_run: str | None = None
-    #: mode=apply: address of a running Dask scheduler (tcp://host:port); None starts a local cluster
-    dask_scheduler: str | None = None
-    #: mode=reimport: folder with edited label images or ImageJ ROI zips
-    edited: Path | None = None
-    extra: Mapping[str, Any] = field(default_factory=dict)
-
-    def stages_to_run(self) -> tuple[StageSpec, ...]:
-        if self.stage is None:
-            return self.study.stages
-        return tuple(s for s in self.study.stages if s.name == self.stage)
-
-    @property
-    def study_dir(self) -> Path:
-        return self.studies_dir / self.study.name
-
-
-# ---------------------------------------------------------------- helpers
-
-
-def did_you_mean(word: Any, options: Any) -> str:
-    """``"; did you mean X?"`` for the options closest to a mistyped ``word`` ("" when none is close)."""
-    import difflib
-
-    close = difflib.get_close_matches(str(word), [str(o) for o in options], n=3, cutoff=0.6)
-    return f"; did you mean {' or '.join(close)}?" if close else ""
-
-
-def _keys(where: str, node: Mapping, allowed: Mapping[str, Any]) -> None:
-    for key in node:
-        if key not in allowed:
-            hint = did_you_mean(key, allowed)
-            keys = f" (allowed keys: {', '.join(allowed)})" if hint else f"; allowed keys: {', '.join(allowed)}"
-            raise ConfigError(f"{f'{where}.' if where else ''}{key}: unknown key{hint}{keys}")
-
-
-def _typed(where: str, value: Any, types: tuple, what: str, nullable: bool = False) -> Any:
-    if value is None and nullable:
-        return None
-    if isinstance(value, bool) and bool not in types:
-        raise ConfigError(f"{where}={value!r}: expected {what}")
-    if not isinstance(value, types):
-        raise ConfigError(f"{where}={value!r}: expected {what}")
-    return value
-
-
-def _int(where: str, value: Any, low: int | None = None, nullable: bool = False) -> int | None:
-    value = _typed(where, value, (int,), "an integer", nullable)
-    if value is not None and low is not None and value < low:
-        raise ConfigError(f"{where}={value!r}: must be >= {low}")
-    return value
-
-
-def _choice(where: str, value: Any, allowed: tuple) -> Any:
-    if value not in allowed:
-        raise ConfigError(f"{where}={value!r}: expected one of {', '.join(map(str, allowed))}"
-                          f"{did_you_mean(value, allowed)}")
-    return value
-
-
-def _range(where: str, node: Mapping) -> Range:
-    _keys(where, node, {"low": 0, "high": 0, "log": 0, "step": 0})
-    if "low" not in node or "high" not in node:
-        raise ConfigError(f"{where}: a range needs both 'low' and 'high'")
-    low = _typed(f"{where}.low", node["low"], (int, float), "a number")
-    high = _typed(f"{where}.high", node["high"], (int, float), "a number")
-    if low > high:
-        raise ConfigError(f"{where}: low={low} is greater than high={high}")
-    log = _typed(f"{where}.log", node.get("log", False), (bool,), "true or false")
-    step = _typed(f"{where}.step", node.get("step"), (int, float), "a number", nullable=True)
-    return Range(low, high, log, step)
-
-
-def _is_range(value: Any) -> bool:
-    return isinstance(value, Mapping) and ("low" in value or "high" in value)
-
-
-def _path(where: str, value: Any, base: Path) -> Path:
-    _typed(where, value, (str,), "a path")
-    p = Path(value).expanduser()
-    return p if p.is_absolute() else base / p
-
 
 # ---------------------------------------------------------------- sections
 
@@ -337,18 +88,18 @@ def _labels(where: str, labels: Any, base: Path) -> tuple[Path, str, bool, str |
 
     if not isinstance(labels, Mapping):
         raise ConfigError(f"{where}={labels!r}: expected a mapping such as {{folder: data/labels, pattern: '{{stem}}.tif'}}")
-    _keys(where, labels, _LABELS_KEYS)
-    sparse = _typed(f"{where}.sparse", labels.get("sparse", False), (bool,), "true or false")
+    check_keys(where, labels, _LABELS_KEYS)
+    sparse = typed(f"{where}.sparse", labels.get("sparse", False), (bool,), "true or false")
     if labels.get("folder") is None:
         raise ConfigError(f"{where}.folder: required when labels are given")
-    folder = _path(f"{where}.folder", labels["folder"], base)
+    folder = path_value(f"{where}.folder", labels["folder"], base)
     if not folder.is_dir():
         raise ConfigError(f"{where}.folder={str(folder)!r}: folder not found")
-    pattern = _typed(
+    pattern = typed(
         f"{where}.pattern", labels.get("pattern") or _LABELS_KEYS["pattern"], (str,),
         "a pattern such as '{stem}.tif' or '{stem}_labels.tif'",
     )
-    regex = _typed(f"{where}.regex", labels.get("regex"), (str,),
+    regex = typed(f"{where}.regex", labels.get("regex"), (str,),
                    "a regular expression such as 't(\\d+)'", nullable=True)
     fields: dict[str, str] = {"stem": "the image file name without suffix"}
     if regex is not None:
@@ -377,10 +128,10 @@ def _labels(where: str, labels: Any, base: Path) -> tuple[Path, str, bool, str |
 
 
 def _images(where: str, node: Mapping, base: Path, data_source: str) -> ImagesSpec:
-    _keys(where, node, _IMAGES_KEYS)
+    check_keys(where, node, _IMAGES_KEYS)
     node = {**_IMAGES_KEYS, **node}
-    folder = _path(f"{where}.folder", node["folder"], base) if node["folder"] is not None else None
-    files = tuple(_path(f"{where}.files", f, base) for f in (node["files"] or ()))
+    folder = path_value(f"{where}.folder", node["folder"], base) if node["folder"] is not None else None
+    files = tuple(path_value(f"{where}.files", f, base) for f in (node["files"] or ()))
     if folder is None and not files:
         raise ConfigError(f"{where}: give 'folder' (+ 'pattern') or a list of 'files'")
     hint = f"\n{data_source.strip()}" if data_source else ""
@@ -392,19 +143,19 @@ def _images(where: str, node: Mapping, base: Path, data_source: str) -> ImagesSp
     for f in files:
         if not f.is_file():
             raise ConfigError(f"{where}.files: file not found: {f}{hint}")
-    pattern = _typed(f"{where}.pattern", node["pattern"], (str,), "a glob pattern such as '*.tif'")
-    fmt = _choice(f"{where}.format", node["format"], FORMATS)
-    channel = _int(f"{where}.channel", node["channel"], 0, nullable=True)
-    axes = _typed(f"{where}.axes", node["axes"], (str,), "an axes string such as 'CYX'", True)
+    pattern = typed(f"{where}.pattern", node["pattern"], (str,), "a glob pattern such as '*.tif'")
+    fmt = choice(f"{where}.format", node["format"], FORMATS)
+    channel = integer(f"{where}.channel", node["channel"], 0, nullable=True)
+    axes = typed(f"{where}.axes", node["axes"], (str,), "an axes string such as 'CYX'", True)
     z = node["z"]
     if z is not None:
         if not (isinstance(z, (list, tuple)) and len(z) == 2 and all(isinstance(v, int) for v in z)):
             raise ConfigError(f"{where}.z={z!r}: expected [start, stop] (integers)")
         z = (int(z[0]), int(z[1]))
     lif = node["lif"] or {}
-    _keys(f"{where}.lif", lif, {"image": None, "t": 0, "mosaic": None})
-    lif_t = _int(f"{where}.lif.t", lif.get("t", 0), 0)
-    lif_mosaic = _int(f"{where}.lif.mosaic", lif.get("mosaic"), 0, nullable=True)
+    check_keys(f"{where}.lif", lif, {"image": None, "t": 0, "mosaic": None})
+    lif_t = integer(f"{where}.lif.t", lif.get("t", 0), 0)
+    lif_mosaic = integer(f"{where}.lif.mosaic", lif.get("mosaic"), 0, nullable=True)
     exclude = _globs(f"{where}.exclude", node["exclude"], "file-name globs such as '*_labels.tif'")
     labels_folder, labels_pattern, labels_sparse, labels_regex = None, _LABELS_KEYS["pattern"], False, None
     if node["labels"] is not None:
@@ -421,16 +172,16 @@ def _images(where: str, node: Mapping, base: Path, data_source: str) -> ImagesSp
 
 
 def _reshape(where: str, node: Mapping) -> ReshapeSpec:
-    _keys(where, node, {"bin": 1, "scale": 1.0, "substack": None, "tile": None})
-    b = _int(f"{where}.bin", node.get("bin", 1), 1)
-    scale = _typed(f"{where}.scale", node.get("scale", 1.0), (int, float), "a positive number")
+    check_keys(where, node, {"bin": 1, "scale": 1.0, "substack": None, "tile": None})
+    b = integer(f"{where}.bin", node.get("bin", 1), 1)
+    scale = typed(f"{where}.scale", node.get("scale", 1.0), (int, float), "a positive number")
     if scale <= 0:
         raise ConfigError(f"{where}.scale={scale}: must be > 0")
-    substack = _int(f"{where}.substack", node.get("substack"), 1, nullable=True)
+    substack = integer(f"{where}.substack", node.get("substack"), 1, nullable=True)
     tile = node.get("tile")
     size, overlap = None, 0
     if tile is not None:
-        _keys(f"{where}.tile", tile, {"size": None, "overlap": 0})
+        check_keys(f"{where}.tile", tile, {"size": None, "overlap": 0})
         size = tile.get("size")
         if not (
             isinstance(size, (list, tuple)) and len(size) in (2, 3)
@@ -438,7 +189,7 @@ def _reshape(where: str, node: Mapping) -> ReshapeSpec:
         ):
             raise ConfigError(f"{where}.tile.size={size!r}: expected [Y, X] or [Z, Y, X] positive integers")
         size = tuple(size)
-        overlap = _int(f"{where}.tile.overlap", tile.get("overlap", 0), 0)
+        overlap = integer(f"{where}.tile.overlap", tile.get("overlap", 0), 0)
         if overlap >= min(size[-2:]):
             raise ConfigError(f"{where}.tile.overlap={overlap}: must be smaller than the tile size {size}")
     return ReshapeSpec(b, float(scale), substack, size, overlap)
@@ -461,8 +212,8 @@ def _search_values(where: str, declared: Mapping[str, Any], values: Mapping[str,
             raise ConfigError(f"{w}: unknown parameter of {owner}; allowed: {', '.join(declared) or '(none)'}")
         p = declared[key]
         try:
-            if _is_range(value):
-                rng = _range(w, value)
+            if is_range(value):
+                rng = value_range(w, value)
                 if p.kind not in ("int", "float"):
                     raise ConfigError(f"{w}: a range needs a numeric parameter; give a list of values")
                 if p.kind == "int" and not (float(rng.low).is_integer() and float(rng.high).is_integer()):
@@ -533,8 +284,8 @@ def _models(where: str, node: Mapping) -> tuple[ModelSpec, ...]:
     for label, entry in node.items():
         w = f"{where}.{label}"
         entry = entry or {}
-        _keys(w, entry, {"family": None, "init": None, "params": None, "optional": False})
-        optional = _typed(f"{w}.optional", entry.get("optional", False), (bool,), "true or false")
+        check_keys(w, entry, {"family": None, "init": None, "params": None, "optional": False})
+        optional = typed(f"{w}.optional", entry.get("optional", False), (bool,), "true or false")
         family = entry.get("family") or label
         if family not in SEGMENTERS:
             raise ConfigError(
@@ -555,10 +306,10 @@ def _models(where: str, node: Mapping) -> tuple[ModelSpec, ...]:
 def _search(where: str, node: Mapping) -> SearchSpec:
     from opsef_opt.preprocess import SLOTS
 
-    _keys(where, node, {"sampler": "auto", "preprocess": None, "models": None})
-    sampler = _choice(f"{where}.sampler", node.get("sampler", "auto"), SAMPLERS)
+    check_keys(where, node, {"sampler": "auto", "preprocess": None, "models": None})
+    sampler = choice(f"{where}.sampler", node.get("sampler", "auto"), SAMPLERS)
     pre = node.get("preprocess") or {}
-    _keys(f"{where}.preprocess", pre, dict.fromkeys(SLOTS))
+    check_keys(f"{where}.preprocess", pre, dict.fromkeys(SLOTS))
     preprocess = {
         slot: _step_options(f"{where}.preprocess.{slot}", slot, pre[slot])
         for slot in SLOTS
@@ -598,11 +349,11 @@ def _proxies(where: str, node: Mapping) -> tuple[ProxySetting, ...]:
     from opsef_opt.params import ParamError, check_kwargs
     from opsef_opt.score import PROXIES
 
-    _keys(where, node, dict.fromkeys(PROXIES.names()))
+    check_keys(where, node, dict.fromkeys(PROXIES.names()))
     out = []
     for name, proxy in PROXIES.items():
         sub = dict(node.get(name) or {})
-        weight = _typed(f"{where}.{name}.weight", sub.pop("weight", proxy.weight), (int, float), "a number >= 0")
+        weight = typed(f"{where}.{name}.weight", sub.pop("weight", proxy.weight), (int, float), "a number >= 0")
         if weight < 0:
             raise ConfigError(f"{where}.{name}.weight={weight}: must be >= 0")
         try:
@@ -616,23 +367,23 @@ def _proxies(where: str, node: Mapping) -> tuple[ProxySetting, ...]:
 def _score(where: str, node: Mapping) -> ScoreSpec:
     from opsef_opt.score import PROXIES
 
-    _keys(where, node, dict.fromkeys(["objective", "iou", "aggregate", "proxies", "gate", "tags"]))
+    check_keys(where, node, dict.fromkeys(["objective", "iou", "aggregate", "proxies", "gate", "tags"]))
     objective = _objective(f"{where}.objective", node.get("objective", "auto"))
-    iou = _typed(f"{where}.iou", node.get("iou", 0.5), (int, float), "a number in (0, 1)")
+    iou = typed(f"{where}.iou", node.get("iou", 0.5), (int, float), "a number in (0, 1)")
     if not 0 < iou < 1:
         raise ConfigError(f"{where}.iou={iou}: must be in (0, 1)")
-    aggregate = _choice(f"{where}.aggregate", node.get("aggregate", "per_image"), ("per_image", "pooled"))
+    aggregate = choice(f"{where}.aggregate", node.get("aggregate", "per_image"), ("per_image", "pooled"))
     gate = node.get("gate", "sanity")
     if gate is not None and gate not in PROXIES:
         raise ConfigError(f"{where}.gate={gate!r}: expected null or one of {', '.join(PROXIES.names())}")
     tags = node.get("tags") or {}
-    _keys(f"{where}.tags", tags, {"values": None, "min_tagged": 10})
+    check_keys(f"{where}.tags", tags, {"values": None, "min_tagged": 10})
     values = dict(DEFAULT_TAG_VALUES)
     for tag, v in (tags.get("values") or {}).items():
         if tag not in TAGS:
             raise ConfigError(f"{where}.tags.values.{tag}: unknown tag; the tags are {', '.join(TAGS)}")
-        values[tag] = float(_typed(f"{where}.tags.values.{tag}", v, (int, float), "a number"))
-    min_tagged = _int(f"{where}.tags.min_tagged", tags.get("min_tagged", 10), 2)
+        values[tag] = float(typed(f"{where}.tags.values.{tag}", v, (int, float), "a number"))
+    min_tagged = integer(f"{where}.tags.min_tagged", tags.get("min_tagged", 10), 2)
     return ScoreSpec(objective, float(iou), aggregate, _proxies(f"{where}.proxies", node.get("proxies") or {}),
                      gate, values, min_tagged)
 
@@ -655,7 +406,7 @@ def _stage_search(where: str, study_node: Mapping, node: Any) -> SearchSpec:
     """
     if not isinstance(node, Mapping) or not node:
         raise ConfigError(f"{where}: expected a mapping with preprocess and/or models")
-    _keys(where, node, {"preprocess": None, "models": None})
+    check_keys(where, node, {"preprocess": None, "models": None})
     merged: dict[str, Any] = {}
     for key in ("preprocess", "models"):
         mine = node.get(key) or {}
@@ -677,10 +428,10 @@ def _stages(where: str, node: Any, default: StageSpec, search: SearchSpec,
         sub = sub or {}
         if not isinstance(name, str) or not name.isidentifier():
             raise ConfigError(f"{where}.{name}: stage names must be simple identifiers (letters, digits, _)")
-        _keys(f"{where}.{name}", sub, {"objective": None, "sampler": None, "n_trials": None, "pruner": None,
+        check_keys(f"{where}.{name}", sub, {"objective": None, "sampler": None, "n_trials": None, "pruner": None,
                                        "from": None, "space": "same", "top_k": 5, "images": "train",
                                        "search": None})
-        space = _choice(f"{where}.{name}.space", sub.get("space", "same"), STAGE_SPACES)
+        space = choice(f"{where}.{name}.space", sub.get("space", "same"), STAGE_SPACES)
         own = None
         if sub.get("search") is not None:
             if space != "same":
@@ -693,20 +444,20 @@ def _stages(where: str, node: Any, default: StageSpec, search: SearchSpec,
             raise ConfigError(f"{where}.{name}.space={space}: needs 'from: <an earlier stage>'")
         if source is not None and source not in earlier:
             raise ConfigError(f"{where}.{name}.from={source!r}: must name an earlier stage ({', '.join(earlier) or 'none'})")
-        top_k = _int(f"{where}.{name}.top_k", sub.get("top_k", 5), 1)
-        images = _choice(f"{where}.{name}.images", sub.get("images", "train"), ("train", "all"))
+        top_k = integer(f"{where}.{name}.top_k", sub.get("top_k", 5), 1)
+        images = choice(f"{where}.{name}.images", sub.get("images", "train"), ("train", "all"))
         if space == "refine" and sub.get("sampler") == "grid":
             raise ConfigError(f"{where}.{name}.sampler=grid: a refined space has continuous ranges; use tpe")
         objective = _objective(f"{where}.{name}.objective", sub.get("objective") or default.objective)
-        sampler = _choice(f"{where}.{name}.sampler", sub.get("sampler") or
+        sampler = choice(f"{where}.{name}.sampler", sub.get("sampler") or
                           ("tpe" if space == "refine" else "random" if space == "top"
                            else own.sampler if own else default.sampler),
                           SAMPLERS[1:])
         if sampler == "grid" and space == "same" and _has_ranges(own or search):
             raise ConfigError(f"{where}.{name}.sampler=grid: the search space has {{low, high}} ranges; "
                               f"use lists of values for a grid, or sampler=tpe")
-        n_trials = _int(f"{where}.{name}.n_trials", sub.get("n_trials") or default.n_trials, 1)
-        pruner = _choice(f"{where}.{name}.pruner", sub.get("pruner") or default.pruner, PRUNERS)
+        n_trials = integer(f"{where}.{name}.n_trials", sub.get("n_trials") or default.n_trials, 1)
+        pruner = choice(f"{where}.{name}.pruner", sub.get("pruner") or default.pruner, PRUNERS)
         out.append(StageSpec(name, objective, sampler, n_trials, pruner, source, space, top_k, images, own))
     return tuple(out)
 
@@ -733,15 +484,15 @@ def validate(cfg: DictConfig | Mapping, base: Path | None = None) -> Settings:
         raw = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
     except Exception as e:  # interpolation errors, missing resolvers, ...
         raise ConfigError(f"config could not be resolved: {e}") from None
-    _keys("", raw, _TOP_KEYS)
+    check_keys("", raw, _TOP_KEYS)
     study = raw.get("study")
     if not isinstance(study, Mapping):
         raise ConfigError("study: missing; choose one with study=NAME (e.g. study=demo)")
-    _keys("study", study, _STUDY_KEYS)
-    name = _typed("study.name", study.get("name"), (str,), "a name")
+    check_keys("study", study, _STUDY_KEYS)
+    name = typed("study.name", study.get("name"), (str,), "a name")
     if not name or "/" in name or name.startswith("."):
         raise ConfigError(f"study.name={name!r}: expected a plain folder-safe name")
-    data_source = _typed("study.data_source", study.get("data_source") or "", (str,), "text")
+    data_source = typed("study.data_source", study.get("data_source") or "", (str,), "text")
     spec = StudySpec(
         name=name,
         description=str(study.get("description") or ""),
@@ -754,64 +505,64 @@ def validate(cfg: DictConfig | Mapping, base: Path | None = None) -> Settings:
     from opsef_opt.batch.config import apply_spec
 
     spec = replace(spec, apply=apply_spec("study.apply", study.get("apply"), base))
-    n_trials = _int("n_trials", raw.get("n_trials"), 1)
+    n_trials = integer("n_trials", raw.get("n_trials"), 1)
     default_stage = StageSpec("search", spec.score.objective, spec.search.sampler, n_trials)
     spec = replace(spec, stages=_stages("study.stages", study.get("stages"), default_stage, spec.search,
                                         study.get("search") or {}))
-    stage = _typed("stage", raw.get("stage"), (str,), "a stage name", nullable=True)
+    stage = typed("stage", raw.get("stage"), (str,), "a stage name", nullable=True)
     if stage is not None and stage not in [s.name for s in spec.stages]:
         raise ConfigError(f"stage={stage!r}: the study has the stages {', '.join(s.name for s in spec.stages)}")
-    restart = _typed("restart_stage", raw.get("restart_stage"), (str,), "a stage name", nullable=True)
+    restart = typed("restart_stage", raw.get("restart_stage"), (str,), "a stage name", nullable=True)
     if restart is not None and restart not in [s.name for s in spec.stages]:
         raise ConfigError(f"restart_stage={restart!r}: the study has the stages {', '.join(s.name for s in spec.stages)}")
     tags_csv = raw.get("tags_csv")
     if tags_csv is not None:
-        tags_csv = _path("tags_csv", tags_csv, base)
+        tags_csv = path_value("tags_csv", tags_csv, base)
         if not tags_csv.is_file():
             raise ConfigError(f"tags_csv={str(tags_csv)!r}: file not found")
     files = {}
     for key in ("pipeline", "input", "edited"):
         value = raw.get(key)
-        files[key] = _path(key, value, base) if value is not None else None
+        files[key] = path_value(key, value, base) if value is not None else None
         if value is not None and not files[key].exists():
             raise ConfigError(f"{key}={str(files[key])!r}: not found")
     if files["pipeline"] is not None and not files["pipeline"].is_file():
         raise ConfigError(f"pipeline={str(files['pipeline'])!r}: expected a pipeline YAML file (e.g. best.yaml)")
     if files["edited"] is not None and not files["edited"].is_dir():
         raise ConfigError(f"edited={str(files['edited'])!r}: expected a folder of label images or ROI zips")
-    apply_run = _typed("apply_run", raw.get("apply_run"), (str,), "a folder name", nullable=True)
+    apply_run = typed("apply_run", raw.get("apply_run"), (str,), "a folder name", nullable=True)
     if apply_run is not None and (not apply_run or "/" in apply_run or apply_run.startswith(".")):
         raise ConfigError(f"apply_run={apply_run!r}: expected a plain folder name")
-    scheduler = _typed("dask_scheduler", raw.get("dask_scheduler"), (str,), "an address like tcp://host:8786",
+    scheduler = typed("dask_scheduler", raw.get("dask_scheduler"), (str,), "an address like tcp://host:8786",
                        nullable=True)
     if scheduler is not None and "://" not in scheduler:
         raise ConfigError(f"dask_scheduler={scheduler!r}: expected an address like tcp://host:8786")
-    mode = _choice("mode", raw.get("mode", "search"), MODES)
+    mode = choice("mode", raw.get("mode", "search"), MODES)
     if mode == "reimport" and files["edited"] is None:
         raise ConfigError("mode=reimport needs edited=<folder with the edited label images or ROI zips>")
     hb = raw.get("heartbeat") or {}
-    _keys("heartbeat", hb, {"interval": 2, "grace": 6})
-    interval = _int("heartbeat.interval", hb.get("interval", 2), 1)
-    grace = _int("heartbeat.grace", hb.get("grace", 6), 1)
+    check_keys("heartbeat", hb, {"interval": 2, "grace": 6})
+    interval = integer("heartbeat.interval", hb.get("interval", 2), 1)
+    grace = integer("heartbeat.grace", hb.get("grace", 6), 1)
     if grace <= interval:
         raise ConfigError(f"heartbeat.grace={grace}: must be larger than heartbeat.interval={interval}")
     return Settings(
         mode=mode,
         study=spec,
-        studies_dir=_path("studies_dir", raw.get("studies_dir", "studies"), base),
+        studies_dir=path_value("studies_dir", raw.get("studies_dir", "studies"), base),
         n_trials=n_trials,
-        seed=_int("seed", raw.get("seed", 0), 0),
-        storage=_typed("storage", raw.get("storage"), (str,), "an RDB URL such as sqlite:///studies/x/optuna.db"),
-        tracking_uri=_typed("tracking_uri", raw.get("tracking_uri"), (str,), "an MLflow tracking URI"),
+        seed=integer("seed", raw.get("seed", 0), 0),
+        storage=typed("storage", raw.get("storage"), (str,), "an RDB URL such as sqlite:///studies/x/optuna.db"),
+        tracking_uri=typed("tracking_uri", raw.get("tracking_uri"), (str,), "an MLflow tracking URI"),
         heartbeat_interval=interval,
         heartbeat_grace=grace,
-        log_artifacts=_typed("log_artifacts", raw.get("log_artifacts", True), (bool,), "true or false"),
-        leaderboard_rows=_int("leaderboard_rows", raw.get("leaderboard_rows", 10), 1),
+        log_artifacts=typed("log_artifacts", raw.get("log_artifacts", True), (bool,), "true or false"),
+        leaderboard_rows=integer("leaderboard_rows", raw.get("leaderboard_rows", 10), 1),
         stage=stage,
         tags_csv=tags_csv,
-        tag_batch=_int("tag_batch", raw.get("tag_batch", 12), 1),
-        tag_pairs=_int("tag_pairs", raw.get("tag_pairs", 3), 0),
-        n_workers=_int("n_workers", raw.get("n_workers", 1), 1),
+        tag_batch=integer("tag_batch", raw.get("tag_batch", 12), 1),
+        tag_pairs=integer("tag_pairs", raw.get("tag_pairs", 3), 0),
+        n_workers=integer("n_workers", raw.get("n_workers", 1), 1),
         restart_stage=restart,
         pipeline=files["pipeline"],
         input=files["input"],

@@ -84,7 +84,7 @@ class ApplySpec:
 
 
 def _number(where: str, value: Any, nullable: bool = True) -> float | None:
-    from opsef_opt.config import ConfigError
+    from opsef_opt.settings import ConfigError
 
     if value is None and nullable:
         return None
@@ -94,7 +94,7 @@ def _number(where: str, value: Any, nullable: bool = True) -> float | None:
 
 
 def _filter(where: str, node: Any) -> dict[str, tuple[float | None, float | None]]:
-    from opsef_opt.config import ConfigError
+    from opsef_opt.settings import ConfigError
     from opsef_opt.post.props import PROPERTY_NAMES
 
     if node is None:
@@ -116,41 +116,43 @@ def _filter(where: str, node: Any) -> dict[str, tuple[float | None, float | None
 
 
 def _mask(where: str, node: Any, base: Path) -> MaskSpec:
-    from opsef_opt.config import ConfigError, _int, _keys, _path, _typed
+    from opsef_opt.settings import ConfigError
+    from opsef_opt.checks import integer, check_keys, path_value, typed
 
     if not isinstance(node, Mapping):
         raise ConfigError(f"{where}: expected {{channel: N, ...}} or {{folder: PATH, pattern: ...}}")
-    _keys(where, node, {f: None for f in MaskSpec.__dataclass_fields__})
+    check_keys(where, node, {f: None for f in MaskSpec.__dataclass_fields__})
     folder = node.get("folder")
-    channel = _int(f"{where}.channel", node.get("channel"), 0, nullable=True)
+    channel = integer(f"{where}.channel", node.get("channel"), 0, nullable=True)
     if (folder is None) == (channel is None):
         raise ConfigError(f"{where}: give either 'channel' (generate the mask) or 'folder' (your mask images)")
     if folder is not None:
-        folder = _path(f"{where}.folder", folder, base)
+        folder = path_value(f"{where}.folder", folder, base)
         if not folder.is_dir():
             raise ConfigError(f"{where}.folder={str(folder)!r}: folder not found")
-    pattern = _typed(f"{where}.pattern", node.get("pattern", "{stem}.tif"), (str,), "a pattern with {stem}")
+    pattern = typed(f"{where}.pattern", node.get("pattern", "{stem}.tif"), (str,), "a pattern with {stem}")
     if "{stem}" not in pattern:
         raise ConfigError(f"{where}.pattern={pattern!r}: must contain {{stem}} (the image file's stem)")
     return MaskSpec(
         folder=folder, pattern=pattern, channel=channel,
         sigma=_number(f"{where}.sigma", node.get("sigma", 2.0), False),
         otsu_factor=_number(f"{where}.otsu_factor", node.get("otsu_factor", 1.0), False),
-        opening=_int(f"{where}.opening", node.get("opening", 0), 0),
-        closing=_int(f"{where}.closing", node.get("closing", 0), 0),
-        fill_holes=_typed(f"{where}.fill_holes", node.get("fill_holes", True), (bool,), "true or false"),
-        min_size=_int(f"{where}.min_size", node.get("min_size", 0), 0),
+        opening=integer(f"{where}.opening", node.get("opening", 0), 0),
+        closing=integer(f"{where}.closing", node.get("closing", 0), 0),
+        fill_holes=typed(f"{where}.fill_holes", node.get("fill_holes", True), (bool,), "true or false"),
+        min_size=integer(f"{where}.min_size", node.get("min_size", 0), 0),
     )
 
 
 def _classify(where: str, node: Any, base: Path) -> ClassifySpec | None:
-    from opsef_opt.config import ConfigError, _choice, _keys
+    from opsef_opt.settings import ConfigError
+    from opsef_opt.checks import choice, check_keys
 
     if node is None:
         return None
     if not isinstance(node, Mapping):
         raise ConfigError(f"{where}: expected a mapping with 'mask'")
-    _keys(where, node, {"mask": None, "rule": None, "min_overlap": None, "names": None})
+    check_keys(where, node, {"mask": None, "rule": None, "min_overlap": None, "names": None})
     if "mask" not in node:
         raise ConfigError(f"{where}.mask: missing; see the apply section of the README")
     names = node.get("names", ["inside", "outside"])
@@ -160,19 +162,20 @@ def _classify(where: str, node: Any, base: Path) -> ClassifySpec | None:
     if not 0 < overlap <= 1:
         raise ConfigError(f"{where}.min_overlap={overlap}: must be in (0, 1]")
     return ClassifySpec(_mask(f"{where}.mask", node["mask"], base),
-                        _choice(f"{where}.rule", node.get("rule", "centroid"), ("centroid", "overlap")),
+                        choice(f"{where}.rule", node.get("rule", "centroid"), ("centroid", "overlap")),
                         overlap, tuple(names))
 
 
 def _analysis(where: str, node: Any) -> AnalysisSpec | None:
-    from opsef_opt.config import ConfigError, _choice, _int, _keys, _typed
+    from opsef_opt.settings import ConfigError
+    from opsef_opt.checks import choice, integer, check_keys, typed
 
     if node is False:
         return None
     node = node or {}
     if not isinstance(node, Mapping):
         raise ConfigError(f"{where}: expected a mapping (or false to skip the analysis)")
-    _keys(where, node, {"scatter": None, "features": None, "pca": None, "tsne": None, "cluster": None})
+    check_keys(where, node, {"scatter": None, "features": None, "pca": None, "tsne": None, "cluster": None})
     scatter = node.get("scatter", [["area", "mean_intensity"]])
     if not isinstance(scatter, (list, tuple)) or not all(
             isinstance(p, (list, tuple)) and len(p) == 2 and all(isinstance(c, str) for c in p) for p in scatter):
@@ -185,40 +188,41 @@ def _analysis(where: str, node: Any) -> AnalysisSpec | None:
     if cluster is not None:
         if not isinstance(cluster, Mapping):
             raise ConfigError(f"{where}.cluster: expected {{method: kmeans|agglomerative, n_clusters: N}}")
-        _keys(f"{where}.cluster", cluster, {"method": None, "n_clusters": None})
-        cluster = {"method": _choice(f"{where}.cluster.method", cluster.get("method", "kmeans"),
+        check_keys(f"{where}.cluster", cluster, {"method": None, "n_clusters": None})
+        cluster = {"method": choice(f"{where}.cluster.method", cluster.get("method", "kmeans"),
                                      ("kmeans", "agglomerative")),
-                   "n_clusters": _int(f"{where}.cluster.n_clusters", cluster.get("n_clusters", 3), 2)}
+                   "n_clusters": integer(f"{where}.cluster.n_clusters", cluster.get("n_clusters", 3), 2)}
     return AnalysisSpec(
         scatter=tuple(tuple(p) for p in scatter), features=tuple(features) if features else None,
-        pca=_typed(f"{where}.pca", node.get("pca", True), (bool,), "true or false"),
-        tsne=_typed(f"{where}.tsne", node.get("tsne", True), (bool,), "true or false"),
+        pca=typed(f"{where}.pca", node.get("pca", True), (bool,), "true or false"),
+        tsne=typed(f"{where}.tsne", node.get("tsne", True), (bool,), "true or false"),
         cluster=cluster,
     )
 
 
 def apply_spec(where: str, node: Any, base: Path) -> ApplySpec:
     """A validated :class:`ApplySpec` from the ``study.apply`` mapping (defaults when empty)."""
-    from opsef_opt.config import ConfigError, _int, _keys, _typed
+    from opsef_opt.settings import ConfigError
+    from opsef_opt.checks import integer, check_keys, typed
 
     node = node or {}
     if not isinstance(node, Mapping):
         raise ConfigError(f"{where}: expected a mapping")
-    _keys(where, node, {"tile": None, "filter": None, "classify": None, "quantify": None, "analysis": None,
+    check_keys(where, node, {"tile": None, "filter": None, "classify": None, "quantify": None, "analysis": None,
                         "export": None})
     tile = node.get("tile") or {}
-    _keys(f"{where}.tile", tile, {"size": None, "overlap": None})
-    size = _int(f"{where}.tile.size", tile.get("size", TileSpec.size), 64)
-    overlap = _int(f"{where}.tile.overlap", tile.get("overlap", TileSpec.overlap), 0)
+    check_keys(f"{where}.tile", tile, {"size": None, "overlap": None})
+    size = integer(f"{where}.tile.size", tile.get("size", TileSpec.size), 64)
+    overlap = integer(f"{where}.tile.overlap", tile.get("overlap", TileSpec.overlap), 0)
     if size <= 2 * overlap:
         raise ConfigError(f"{where}.tile: size {size} must be larger than 2 x overlap ({2 * overlap})")
     quantify = node.get("quantify") or []
     if not isinstance(quantify, (list, tuple)):
         quantify = [quantify]
-    quantify = tuple(_int(f"{where}.quantify[{i}]", c, 0) for i, c in enumerate(quantify))
+    quantify = tuple(integer(f"{where}.quantify[{i}]", c, 0) for i, c in enumerate(quantify))
     export = node.get("export") or {}
-    _keys(f"{where}.export", export, {f: None for f in ExportSpec.__dataclass_fields__})
-    export = ExportSpec(**{k: _typed(f"{where}.export.{k}", export.get(k, getattr(ExportSpec, k)), (bool,),
+    check_keys(f"{where}.export", export, {f: None for f in ExportSpec.__dataclass_fields__})
+    export = ExportSpec(**{k: typed(f"{where}.export.{k}", export.get(k, getattr(ExportSpec, k)), (bool,),
                                      "true or false") for k in ExportSpec.__dataclass_fields__})
     return ApplySpec(TileSpec(size, overlap), _filter(f"{where}.filter", node.get("filter")),
                      _classify(f"{where}.classify", node.get("classify"), base), quantify,

@@ -24,6 +24,7 @@ from opsef_opt.preprocess import step_label
 from opsef_opt.search.leaderboard import NEAR_TIE, gt_columns, leaderboard
 from opsef_opt.search.space import Pipeline, pipeline_from_params
 from opsef_opt.track.names import trial_name
+from opsef_opt.search import attrs as A
 
 __all__ = ["best_trial", "pipeline_config", "write_best", "load_pipeline"]
 
@@ -32,7 +33,7 @@ def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
     """The evaluated trial with the best final score (``score.final`` when the stage has one)."""
     from opsef_opt.search.derive import ranked_trials
 
-    return next((t for t in ranked_trials(study) if t.user_attrs.get("value_source") != "tag"), None)
+    return next((t for t in ranked_trials(study) if t.user_attrs.get(A.VALUE_SOURCE) != "tag"), None)
 
 
 def _plain(value: Any) -> Any:
@@ -64,14 +65,14 @@ def write_best(study: optuna.Study, space: SearchSpec, reshape: ReshapeSpec, fol
     if t is None:
         return None
     pipeline = pipeline_from_params(space, t.params)
-    final = study.user_attrs.get("final_scores", {}).get(str(t.number))
+    final = study.user_attrs.get(A.FINAL_SCORES, {}).get(str(t.number))
     name = trial_name(stage, t.number)
-    summary = t.user_attrs.get("summary", {})
+    summary = t.user_attrs.get(A.SUMMARY, {})
     gt = {k[3:]: summary[k] for k in gt_columns(summary) if not k.startswith("gt.pooled.")}
     ties = _near_ties(study, name)
     provenance = {"study": study.study_name, "stage": stage, "trial": name, "number": t.number, "score": t.value,
                   "score_final": final, **({"gt": gt} if gt else {}), **({"near_ties": ties} if ties else {}),
-                  "mlflow_run_id": t.user_attrs.get("mlflow_run_id", "")}
+                  "mlflow_run_id": t.user_attrs.get(A.MLFLOW_RUN_ID, "")}
     note = ""
     if ties:
         note = (f"# Near-tie: {', '.join(ties)} scored within {NEAR_TIE} of {name} (noise); compare them on\n"

@@ -4,6 +4,8 @@ from __future__ import annotations
 import optuna
 from optuna.trial import TrialState
 
+from opsef_opt.search import attrs as A
+
 __all__ = ["count_trials", "over_budget"]
 
 
@@ -11,10 +13,10 @@ def count_trials(trials: list[optuna.trial.FrozenTrial]) -> tuple[int, int]:
     """(trials that count against the budget, trials running now)."""
     done = running = 0
     for t in trials:
-        if t.user_attrs.get("value_source") == "tag" or t.user_attrs.get("over_budget"):
+        if t.user_attrs.get(A.VALUE_SOURCE) == "tag" or t.user_attrs.get(A.OVER_BUDGET):
             continue  # seeded from the analyst's tags / started by a worker after the budget was spent
         if t.state in (TrialState.COMPLETE, TrialState.PRUNED) or (
-            t.state == TrialState.FAIL and "error" in t.user_attrs
+            t.state == TrialState.FAIL and A.ERROR in t.user_attrs
         ):
             done += 1
         elif t.state == TrialState.RUNNING:

@@ -30,13 +30,14 @@ from optuna.trial import TrialState
 from opsef_opt.config import ModelSpec, Range, SearchSpec, StepOption
 from opsef_opt.params import Param
 from opsef_opt.search.space import Pipeline, pipeline_from_params
+from opsef_opt.search import attrs as A
 
 __all__ = ["ranked_trials", "refine_space", "params_for"]
 
 
 def ranked_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
     """Completed trials, best first (final score where the stage has one, else the trial value)."""
-    finals = study.user_attrs.get("final_scores", {})
+    finals = study.user_attrs.get(A.FINAL_SCORES, {})
 
     def key(t):
         v = finals.get(str(t.number))

@@ -24,6 +24,7 @@ import pandas as pd
 from optuna.trial import TrialState
 
 from opsef_opt.track.names import stage_of, trial_name
+from opsef_opt.search import attrs as A
 
 __all__ = ["NEAR_TIE", "combined_leaderboard", "gt_columns", "leaderboard", "mark_near_ties", "print_leaderboard"]
 
@@ -55,13 +56,13 @@ def leaderboard(study: optuna.Study, tags: Mapping[str, str] | None = None,
     """
     tags = tags or {}
     stage = stage_of(study.study_name)
-    finals = study.user_attrs.get("final_scores", {})
+    finals = study.user_attrs.get(A.FINAL_SCORES, {})
     sources = _source_finals(study)
     rows = []
     for t in study.get_trials(deepcopy=False):
-        if t.state not in (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED) or t.user_attrs.get("over_budget"):
+        if t.state not in (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED) or t.user_attrs.get(A.OVER_BUDGET):
             continue
-        summary = t.user_attrs.get("summary", {})
+        summary = t.user_attrs.get(A.SUMMARY, {})
         rows.append({
             "trial": trial_name(stage, t.number),
             "number": t.number,
@@ -70,10 +71,10 @@ def leaderboard(study: optuna.Study, tags: Mapping[str, str] | None = None,
             "score_final": finals.get(str(t.number)),
             "near_tie": "",
             **{k: v for k, v in summary.items() if str(k).startswith("gt.")},
-            "source_trial": t.user_attrs.get("source_trial", ""),
+            "source_trial": t.user_attrs.get(A.SOURCE_TRIAL, ""),
             "source_score": _source_score(t, sources),
-            "source": t.user_attrs.get("value_source", "evaluated"),
-            "tag": tags.get(t.user_attrs.get("mlflow_run_id", ""), t.user_attrs.get("tag", "")),
+            "source": t.user_attrs.get(A.VALUE_SOURCE, "evaluated"),
+            "tag": tags.get(t.user_attrs.get(A.MLFLOW_RUN_ID, ""), t.user_attrs.get(A.TAG, "")),
             "pipeline": summary.get("pipeline", ""),
             "model": summary.get("model", ""),
             "n_objects_mean": summary.get("n_objects_mean"),
@@ -81,8 +82,8 @@ def leaderboard(study: optuna.Study, tags: Mapping[str, str] | None = None,
             "images_reused": summary.get("segment_reused"),
             "seconds": (t.datetime_complete - t.datetime_start).total_seconds()
             if t.datetime_complete and t.datetime_start else None,
-            "error": t.user_attrs.get("error", "interrupted" if t.state == TrialState.FAIL else ""),
-            "mlflow_run_id": t.user_attrs.get("mlflow_run_id", ""),
+            "error": t.user_attrs.get(A.ERROR, "interrupted" if t.state == TrialState.FAIL else ""),
+            "mlflow_run_id": t.user_attrs.get(A.MLFLOW_RUN_ID, ""),
             **{f"param.{k}": v for k, v in t.params.items()},
         })
     df = pd.DataFrame(rows)
@@ -129,8 +130,8 @@ def _source_finals(study: optuna.Study) -> dict[str, dict[str, float]]:
     later stage finishes, so the score a pipeline had when it was handed over
     may have changed since; the leaderboard shows the current one.
     """
-    stages = {str(t.user_attrs["source_trial"]).split("#")[0] for t in study.get_trials(deepcopy=False)
-              if "#" in str(t.user_attrs.get("source_trial", ""))}
+    stages = {str(t.user_attrs[A.SOURCE_TRIAL]).split("#")[0] for t in study.get_trials(deepcopy=False)
+              if "#" in str(t.user_attrs.get(A.SOURCE_TRIAL, ""))}
     prefix = study.study_name.rsplit("/", 1)[0]
     out = {}
     for stage in stages:
@@ -138,15 +139,15 @@ def _source_finals(study: optuna.Study) -> dict[str, dict[str, float]]:
             source = optuna.load_study(study_name=f"{prefix}/{stage}", storage=study._storage)
         except KeyError:
             continue
-        out[stage] = source.user_attrs.get("final_scores", {})
+        out[stage] = source.user_attrs.get(A.FINAL_SCORES, {})
     return out
 
 
 def _source_score(trial: optuna.trial.FrozenTrial, sources: Mapping[str, Mapping[str, float]]) -> float | None:
     """The handed-over pipeline's score in its source stage: its current final score there, where it has one."""
-    stage, _, number = str(trial.user_attrs.get("source_trial", "")).partition("#")
+    stage, _, number = str(trial.user_attrs.get(A.SOURCE_TRIAL, "")).partition("#")
     final = sources.get(stage, {}).get(number)
-    return final if final is not None else trial.user_attrs.get("source_score")
+    return final if final is not None else trial.user_attrs.get(A.SOURCE_SCORE)
 
 
 def combined_leaderboard(boards: Mapping[str, pd.DataFrame]) -> pd.DataFrame:

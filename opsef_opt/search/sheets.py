@@ -26,6 +26,7 @@ from opsef_opt.io.dataset import Item
 from opsef_opt.search.leaderboard import leaderboard
 from opsef_opt.search.pool import LabelStore
 from opsef_opt.track.contact_sheet import Cell, choose_crop, render_grid, save_png
+from opsef_opt.search import attrs as A
 
 __all__ = ["stage_contact_sheet", "grid_path", "written_sheets", "TOP", "IMAGES_PER_SHEET"]
 
@@ -136,7 +137,7 @@ def _grid(study: optuna.Study, board, store: LabelStore, image: SheetImage, path
             continue
         score = row["score_final"] if row["score_final"] == row["score_final"] and row["score_final"] is not None \
             else row["score"]
-        summary = trials[n].user_attrs.get("summary", {})
+        summary = trials[n].user_attrs.get(A.SUMMARY, {})
         r, c = summary.get("preprocess", "?"), summary.get("setting", summary.get("model", "?"))
         rows_best.setdefault(r, score)
         cols_best.setdefault(c, score)

@@ -22,6 +22,7 @@ import hashlib
 import json
 import logging
 import signal
+import sys
 import time
 import warnings
 from dataclasses import replace
@@ -32,7 +33,7 @@ import optuna
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
-from opsef_opt.backends import ensure_sqlite, quiet_db_logs
+from opsef_opt.backends import ensure_sqlite
 from opsef_opt.config import ConfigError, SearchSpec, Settings, StageSpec
 from opsef_opt.io.dataset import Item, load_items
 from opsef_opt.preprocess.cache import PreprocessCache
@@ -52,6 +53,7 @@ from opsef_opt.tags.learn import NeedTags, fit_from_runs
 from opsef_opt.tags.seeding import seed_tagged
 from opsef_opt.track import Tracker
 from opsef_opt.track.recorder import Recorder
+from opsef_opt.search import attrs as A
 
 __all__ = ["run_search", "run_stage", "open_study", "stage_studies", "count_trials", "StudyError", "NeedTags",
            "StageFailed"]
@@ -83,7 +85,7 @@ class _StaleTrialHandler:
         self.retry = RetryHeartbeatStaleTrialCallback()
 
     def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        run_id = trial.user_attrs.get("mlflow_run_id")
+        run_id = trial.user_attrs.get(A.MLFLOW_RUN_ID)
         if run_id:
             from mlflow import MlflowClient
 
@@ -164,8 +166,8 @@ def open_study(settings: Settings, stage: StageSpec, n_items: int = 1) -> optuna
 
 def _is_retry(trial: optuna.trial.FrozenTrial) -> bool:
     """A queued trial that repeats one cut short (kill, Ctrl-C) or handed back (budget race)."""
-    return ("failed_trial" in trial.system_attrs or "retry_of" in trial.user_attrs
-            or "requeued_from" in trial.user_attrs)
+    return ("failed_trial" in trial.system_attrs or A.RETRY_OF in trial.user_attrs
+            or A.REQUEUED_FROM in trial.user_attrs)
 
 
 def _retries_first(study: optuna.Study) -> None:
@@ -271,9 +273,9 @@ def _objective(settings: Settings, stage: StageSpec, items: list[Item], tracker:
 
 def _check_signature(study: optuna.Study, settings: Settings, stage: StageSpec) -> None:
     sig = _space_signature(settings, stage)
-    old = study.user_attrs.get("space_signature")
+    old = study.user_attrs.get(A.SPACE_SIGNATURE)
     if old is None:
-        study.set_user_attr("space_signature", sig)
+        study.set_user_attr(A.SPACE_SIGNATURE, sig)
     elif old != sig:
         raise StudyError(
             f"the search space, scoring or images of stage '{study.study_name}' changed since it was "
@@ -284,21 +286,21 @@ def _check_signature(study: optuna.Study, settings: Settings, stage: StageSpec) 
 
 def _enqueue_grid(study: optuna.Study, space: SearchSpec, seed: int) -> int:
     points = grid_points(space, seed)
-    if not study.user_attrs.get("grid_enqueued"):
+    if not study.user_attrs.get(A.GRID_ENQUEUED):
         for p in points:
             study.enqueue_trial(p, skip_if_exists=True)
-        study.set_user_attr("grid_enqueued", True)
+        study.set_user_attr(A.GRID_ENQUEUED, True)
     return len(points)
 
 
 def _requeue_interrupted(study: optuna.Study) -> None:
     """After Ctrl-C: queue the parameters of the trial that was cut short."""
-    retried = set(study.user_attrs.get("requeued", []))
+    retried = set(study.user_attrs.get(A.REQUEUED, []))
     for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
-        if t.user_attrs.get("interrupted") and t.number not in retried:
-            study.enqueue_trial(t.params, user_attrs={"retry_of": t.number})
+        if t.user_attrs.get(A.INTERRUPTED) and t.number not in retried:
+            study.enqueue_trial(t.params, user_attrs={A.RETRY_OF: t.number})
             retried.add(t.number)
-    study.set_user_attr("requeued", sorted(retried))
+    study.set_user_attr(A.REQUEUED, sorted(retried))
 
 
 class StopRequest:
@@ -438,18 +440,18 @@ def run_stage(settings: Settings, stage: StageSpec, items: list[Item], space: Se
                               "tag_model": objective.tag_model.describe() if objective.tag_model else "none",
                               "skipped_images": "\n".join(problems) or "none",
                               "skipped_models": "\n".join(f"{k}: {v}" for k, v in skipped.items()) or "none"})
-    study.set_user_attr("skipped_models", skipped)
+    study.set_user_attr(A.SKIPPED_MODELS, skipped)
     ctx = _context(settings, stage, study, space, items, objective, tracker, parent, budget)
     _record_unrecorded(study, ctx)
     log.info("stage %s: %d images/items, objective %s, budget %d trials (%s sampler, %d worker(s))",
              study.study_name, len(items), objective.name, budget, stage.sampler, settings.n_workers)
     from opsef_opt.search.workers import Workers
 
-    with Workers(settings, stage.name, settings.n_workers - 1) as workers:
+    with Workers(settings, stage.name, settings.n_workers - 1, worker_main) as workers:
         try:
             _trial_loop(settings, study, ctx, budget)
         except KeyboardInterrupt:
-            workers.stop()
+            workers.stop(StopRequest.last_signal)
             _requeue_interrupted(study)
             tracker.close_parent(parent, {}, {"opsef.status": "interrupted"}, status="KILLED")
             raise
@@ -465,16 +467,16 @@ def run_stage(settings: Settings, stage: StageSpec, items: list[Item], space: Se
         {"best_score": best} if best is not None else {},
         {"opsef.status": "complete", "cache": json.dumps(ctx.cache.stats)},
     )
-    study.set_user_attr("cache_stats", ctx.cache.stats)
+    study.set_user_attr(A.CACHE_STATS, ctx.cache.stats)
     return study
 
 
 def _all_failed(study: optuna.Study) -> str | None:
     """A one-line summary when no trial of the stage completed but some failed with an error."""
-    trials = [t for t in study.get_trials(deepcopy=False) if t.user_attrs.get("value_source") != "tag"]
+    trials = [t for t in study.get_trials(deepcopy=False) if t.user_attrs.get(A.VALUE_SOURCE) != "tag"]
     if any(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials):
         return None
-    errors = Counter(t.user_attrs["error"] for t in trials if t.state == TrialState.FAIL and "error" in t.user_attrs)
+    errors = Counter(t.user_attrs[A.ERROR] for t in trials if t.state == TrialState.FAIL and A.ERROR in t.user_attrs)
     if not errors:
         return None
     n = sum(errors.values())
@@ -498,14 +500,14 @@ def _stage_space(settings: Settings, stage: StageSpec, study: optuna.Study, base
     source_stage = next(s for s in settings.study.stages if s.name == stage.source)
     source = optuna.load_study(study_name=f"{settings.study.name}/{source_stage.name}", storage=study._storage) \
         if _exists(study, f"{settings.study.name}/{source_stage.name}") else None
-    numbers = study.user_attrs.get("derived_from")
+    numbers = study.user_attrs.get(A.DERIVED_FROM)
     if numbers is None:
         ranked = ranked_trials(source) if source is not None else []
         if not ranked:
             raise StudyError(f"stage {stage.name} starts from the best pipelines of stage {stage.source}, which has "
                              f"no completed trial yet; run it first (stage={stage.source})")
         numbers = [t.number for t in ranked[: stage.top_k]]
-        study.set_user_attr("derived_from", numbers)
+        study.set_user_attr(A.DERIVED_FROM, numbers)
     source_space, _ = _stage_space(settings, source_stage, source, base, worker=True)
     top = top_pipelines(source, source_space, numbers)
     if stage.space == "top":
@@ -514,15 +516,15 @@ def _stage_space(settings: Settings, stage: StageSpec, study: optuna.Study, base
     else:
         space = refine_space(source_space, top, study_space=base)
         queue = [params_for(p, space) for p in top]
-    if not worker and not study.user_attrs.get("sources_enqueued"):
-        finals = source.user_attrs.get("final_scores", {})
+    if not worker and not study.user_attrs.get(A.SOURCES_ENQUEUED):
+        finals = source.user_attrs.get(A.FINAL_SCORES, {})
         values = {t.number: t.value for t in source.get_trials(deepcopy=False)}
         for n, params in zip(numbers, queue):
             score = finals.get(str(n)) if finals.get(str(n)) is not None else values[n]
             # where it comes from and how it scored there (the train score, for confirm stages)
-            study.enqueue_trial(params, user_attrs={"source_trial": f"{stage.source}#{n}", "source_score": score},
+            study.enqueue_trial(params, user_attrs={A.SOURCE_TRIAL: f"{stage.source}#{n}", "source_score": score},
                                 skip_if_exists=True)
-        study.set_user_attr("sources_enqueued", True)
+        study.set_user_attr(A.SOURCES_ENQUEUED, True)
         log.info("stage %s: starts from trials %s of stage %s (%s)", stage.name, numbers, stage.source, stage.space)
     return space, (len(numbers) if stage.space == "top" else None)
 
@@ -598,7 +600,7 @@ def _trial_loop(settings: Settings, study: optuna.Study, ctx: TrialContext, budg
 
 def _finish_stage(settings: Settings, stage: StageSpec, study: optuna.Study, ctx: TrialContext) -> None:
     """Scores that need every candidate (final consensus, all stages), and the stage's contact sheet."""
-    study.set_user_attr("objective", ctx.objective.name)
+    study.set_user_attr(A.OBJECTIVE, ctx.objective.name)
     _rescore_study(settings, stage, study, ctx.tracker)
     runs = trial_runs(ctx.tracker.client, ctx.tracker.experiment_id, settings.study.name)
     tags = {r.run_id: r.tag for r in runs if r.tag}
@@ -646,27 +648,27 @@ def _rescore_study(settings: Settings, stage: StageSpec, study: optuna.Study, tr
     base = f"{pool.fingerprint()}|{spec!r}|{FINAL_SCORES_VERSION}"
     objectives, marks = {}, {}
     for name, s in studies.items():
-        objectives[name] = s.user_attrs.get("objective") or resolve_objective(
+        objectives[name] = s.user_attrs.get(A.OBJECTIVE) or resolve_objective(
             specs[name].objective, settings.study.images.labels_folder is not None)
         marks[name] = hashlib.sha1(f"{base}|{objectives[name]}".encode()).hexdigest()
-    todo = [name for name, s in studies.items() if s.user_attrs.get("final_pool") != marks[name]]
+    todo = [name for name, s in studies.items() if s.user_attrs.get(A.FINAL_POOL) != marks[name]]
     if not todo:
         return
     pool.refresh()
     complete = {name: [t for t in studies[name].get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-                       if t.user_attrs.get("value_source") != "tag"] for name in todo}
+                       if t.user_attrs.get(A.VALUE_SOURCE) != "tag"] for name in todo}
     finals = common_final_scores(stores, spec, objectives, {n: [t.number for t in ts] for n, ts in complete.items()},
                                  pool=pool)
     for name in todo:
         rows = finals.get(name, {})
         by_number = {t.number: t for t in complete[name]}
         for number, values in rows.items():
-            run_id = by_number[number].user_attrs.get("mlflow_run_id")
+            run_id = by_number[number].user_attrs.get(A.MLFLOW_RUN_ID)
             if run_id:
                 tracker.log(run_id, metrics={k: v for k, v in values.items() if v == v})
-        studies[name].set_user_attr("final_scores", {str(n): v.get("score.final") for n, v in rows.items()
+        studies[name].set_user_attr(A.FINAL_SCORES, {str(n): v.get("score.final") for n, v in rows.items()
                                                      if "score.final" in v})
-        studies[name].set_user_attr("final_pool", marks[name])
+        studies[name].set_user_attr(A.FINAL_POOL, marks[name])
     others = [n for n in todo if n != stage.name]
     if others:
         log.info("final scores of stage(s) %s recomputed: every stage is scored against one pool "
@@ -708,7 +710,7 @@ def _record_unrecorded(study: optuna.Study, ctx: TrialContext) -> None:
     )
     open_runs = {r.info.run_id for r in runs}
     for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        run_id = t.user_attrs.get("mlflow_run_id")
+        run_id = t.user_attrs.get(A.MLFLOW_RUN_ID)
         if run_id in open_runs:
             log.info("recording trial %d again (its process was killed while recording it)", t.number)
             value, metrics, outputs = evaluate(ctx, pipeline_from_params(ctx.space, t.params), t.number)
@@ -718,7 +720,7 @@ def _record_unrecorded(study: optuna.Study, ctx: TrialContext) -> None:
 
 def _best_value(study: optuna.Study) -> float | None:
     values = [t.value for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-              if t.user_attrs.get("value_source") != "tag"]
+              if t.user_attrs.get(A.VALUE_SOURCE) != "tag"]
     return max(values) if values else None
 
 
@@ -742,3 +744,20 @@ def _report(last: dict, n: int, budget: int, ctx: TrialContext | None = None) ->
         value, note = (ctx.pool.progress(last["number"], last["value"], ctx.objective.name)
                        if ctx is not None and ctx.pool is not None else (last["value"], ""))
         log.info("[%d/%d] %s  score %.4f%s  %s%s", n, budget, name, value, note, last["pipeline"], left)
+
+
+def worker_main(settings: Settings, stage_name: str, index: int) -> None:
+    """Entry point of a worker process: run trials of the stage until its budget is spent."""
+    logging.basicConfig(level=logging.INFO, format=f"[worker {index}] %(message)s", stream=sys.stdout)
+    for name in ("alembic", "mlflow", "optuna", "urllib3", "numba", "git"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    quiet_libraries()
+    stage = next(s for s in settings.study.stages if s.name == stage_name)
+    items, _ = stage_items(settings, stage, quiet=True)
+    space, skipped = available_space(settings.study.search)
+    tracker = Tracker(settings.tracking_uri, settings.studies_dir / "mlartifacts", settings.study.name,
+                      settings.study.description)
+    try:
+        run_stage(settings, stage, items, space, tracker, skipped=skipped, worker=True)
+    except KeyboardInterrupt:
+        sys.exit(130)

@@ -28,6 +28,7 @@ from opsef_opt.config import SearchSpec
 from opsef_opt.segment import load_segmenter, model_cache_info
 from opsef_opt.track import Tracker, region_table, write_image_artifacts
 from opsef_opt.track.recorder import Recorder
+from opsef_opt.search import attrs as A
 
 __all__ = ["TrialFailed", "TrialContext", "ImageOutput", "evaluate", "record_trial", "run_trial"]
 
@@ -282,11 +283,11 @@ WORKER = f"{socket.gethostname()}:{os.getpid()}"
 
 def _give_back(trial: optuna.Trial) -> None:
     """Mark a trial started after the budget was spent; queue again the grid point it took, if any."""
-    trial.set_user_attr("over_budget", True)
+    trial.set_user_attr(A.OVER_BUDGET, True)
     storage = trial.study._storage
     fixed = storage.get_trial_system_attrs(trial._trial_id).get("fixed_params")
     if fixed:
-        trial.study.enqueue_trial(fixed, user_attrs={"requeued_from": trial.number}, skip_if_exists=False)
+        trial.study.enqueue_trial(fixed, user_attrs={A.REQUEUED_FROM: trial.number}, skip_if_exists=False)
 
 
 def _labels(pipeline: Pipeline) -> dict[str, str]:
@@ -303,13 +304,13 @@ def run_trial(trial: optuna.Trial, ctx: TrialContext) -> float:
         _give_back(trial)
         ctx.last = {"number": trial.number, "over_budget": True}
         raise TrialFailed("the budget was filled by other workers meanwhile")
-    trial.set_user_attr("worker", WORKER)
+    trial.set_user_attr(A.WORKER, WORKER)
     pipeline = suggest_pipeline(trial, ctx.space)
     run_id = ctx.tracker.start_trial(
         ctx.parent_run_id, trial.number, ctx.study_name, pipeline.flat,
         tags={"pipeline": pipeline.label},
     )
-    trial.set_user_attr("mlflow_run_id", run_id)
+    trial.set_user_attr(A.MLFLOW_RUN_ID, run_id)
     ctx.last = {"number": trial.number, "pipeline": pipeline.label}
     done: list[int] = []
 
@@ -323,28 +324,28 @@ def run_trial(trial: optuna.Trial, ctx: TrialContext) -> float:
         value, metrics, outputs = evaluate(ctx, pipeline, report=report)
         ctx.store.save(trial.number, {o.name: o.labels for o in outputs}, {o.name: o.metrics for o in outputs})
     except optuna.TrialPruned as e:
-        trial.set_user_attr("summary", _labels(pipeline))
+        trial.set_user_attr(A.SUMMARY, _labels(pipeline))
         ctx.last["pruned"] = str(e)
         ctx.tracker.log(run_id, metrics={"pruned_after_images": len(done)},
                         tags={"opsef.status": "pruned", "opsef.pruned": str(e)})
         ctx.tracker.finish(run_id, "FINISHED")
         raise
     except KeyboardInterrupt:
-        trial.set_user_attr("interrupted", True)
+        trial.set_user_attr(A.INTERRUPTED, True)
         ctx.tracker.finish(run_id, "KILLED", tags={"opsef.status": "interrupted"})
         raise
     except Exception as e:  # any failure of this pipeline: record it, let the study go on
         reason = f"{type(e).__name__}: {e}"
-        trial.set_user_attr("error", reason)
-        trial.set_user_attr("summary", _labels(pipeline))
+        trial.set_user_attr(A.ERROR, reason)
+        trial.set_user_attr(A.SUMMARY, _labels(pipeline))
         ctx.last["error"] = reason
         ctx.tracker.finish(run_id, "FAILED", tags={"opsef.status": "failed", "opsef.error": reason})
         raise TrialFailed(reason) from e
     metrics["time_trial_s"] = time.perf_counter() - started
-    if trial.user_attrs.get("source_score") is not None:  # a pipeline handed over from an earlier stage
-        metrics["score.source"] = trial.user_attrs["source_score"]
+    if trial.user_attrs.get(A.SOURCE_SCORE) is not None:  # a pipeline handed over from an earlier stage
+        metrics["score.source"] = trial.user_attrs[A.SOURCE_SCORE]
     # one storage write for everything the leaderboard shows
-    trial.set_user_attr("summary", {**_labels(pipeline), **{
+    trial.set_user_attr(A.SUMMARY, {**_labels(pipeline), **{
         k: metrics[k] for k in ("n_objects_mean", "time_preprocess_s", "time_segment_s", "time_trial_s",
                                 "segment_reused")}, **{k: v for k, v in metrics.items() if k.startswith("gt.")}})
     ctx.recorder.submit(f"trial {trial.number}", record_trial, ctx.tracker, run_id,

@@ -14,39 +14,23 @@ import logging
 import multiprocessing
 import os
 import signal
-import sys
 
-from opsef_opt.config import Settings
+from typing import Callable
 
-__all__ = ["Workers", "worker_main"]
+from opsef_opt.settings import Settings
+
+__all__ = ["Workers"]
 
 log = logging.getLogger("opsef_opt")
-
-
-def worker_main(settings: Settings, stage_name: str, index: int) -> None:
-    """Entry point of a worker process: run trials of the stage until its budget is spent."""
-    logging.basicConfig(level=logging.INFO, format=f"[worker {index}] %(message)s", stream=sys.stdout)
-    for name in ("alembic", "mlflow", "optuna", "urllib3", "numba", "git"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-    from opsef_opt.search.study import available_space, quiet_libraries, run_stage, stage_items
-    from opsef_opt.track import Tracker
-
-    quiet_libraries()
-    stage = next(s for s in settings.study.stages if s.name == stage_name)
-    items, _ = stage_items(settings, stage, quiet=True)
-    space, skipped = available_space(settings.study.search)
-    tracker = Tracker(settings.tracking_uri, settings.studies_dir / "mlartifacts", settings.study.name,
-                      settings.study.description)
-    try:
-        run_stage(settings, stage, items, space, tracker, skipped=skipped, worker=True)
-    except KeyboardInterrupt:
-        sys.exit(130)
 
 
 class Workers:
     """The extra worker processes of one stage (none when ``n`` is 0)."""
 
-    def __init__(self, settings: Settings, stage_name: str, n: int) -> None:
+    def __init__(self, settings: Settings, stage_name: str, n: int,
+                 target: Callable[[Settings, str, int], None]) -> None:
+        #: ``target(settings, stage_name, index)`` runs in each process (a module-level function: spawn imports it)
+        self.target = target
         self.args = (settings, stage_name)
         self.n = n
         self.procs: list[multiprocessing.Process] = []
@@ -58,7 +42,7 @@ class Workers:
             log.info("%d worker processes, %d CPU thread(s) each", self.n + 1, share_cpus(self.n + 1))
         ctx = multiprocessing.get_context("spawn")
         for i in range(self.n):
-            p = ctx.Process(target=worker_main, args=(*self.args, i + 1), name=f"opsef-worker-{i + 1}")
+            p = ctx.Process(target=self.target, args=(*self.args, i + 1), name=f"opsef-worker-{i + 1}")
             p.start()
             self.procs.append(p)
         if self.n:
@@ -72,16 +56,14 @@ class Workers:
             if p.exitcode not in (0, None):
                 log.warning("%s ended with exit code %s", p.name, p.exitcode)
 
-    def stop(self, timeout: float = 120) -> None:
+    def stop(self, received: int | None = None, timeout: float = 120) -> None:
         """Ask the workers to stop after their current image (as Ctrl-C does), then wait for them.
 
-        Ctrl-C in a terminal reaches every worker by itself; a SIGTERM sent to
-        this process only is passed on.
+        Ctrl-C in a terminal reaches every worker by itself (``received`` =
+        SIGINT); any other stop (a SIGTERM sent to this process only) is passed on.
         """
-        from opsef_opt.search.study import StopRequest
-
         for p in self.procs:
-            if p.is_alive() and StopRequest.last_signal != signal.SIGINT:
+            if p.is_alive() and received != signal.SIGINT:
                 os.kill(p.pid, signal.SIGTERM)
         for p in self.procs:
             p.join(timeout)

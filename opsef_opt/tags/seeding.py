@@ -17,6 +17,7 @@ from typing import Mapping
 import optuna
 
 from opsef_opt.tags.runs import TrialRun
+from opsef_opt.search import attrs as A
 
 __all__ = ["seed_tagged"]
 
@@ -25,7 +26,7 @@ log = logging.getLogger("opsef_opt")
 
 def seed_tagged(study: optuna.Study, runs: list[TrialRun], values: Mapping[str, float]) -> int:
     """Add each tagged run not yet added as a completed trial; return how many were added."""
-    done = {tuple(x) for x in study.user_attrs.get("seeded", [])}
+    done = {tuple(x) for x in study.user_attrs.get(A.SEEDED, [])}
     sources: dict[str, optuna.Study] = {}
     added = 0
     for run in runs:
@@ -41,8 +42,8 @@ def seed_tagged(study: optuna.Study, runs: list[TrialRun], values: Mapping[str, 
             src = _trial(sources[run.study], run.trial)
             study.add_trial(optuna.trial.create_trial(
                 params=src.params, distributions=src.distributions, value=float(values[run.tag]),
-                user_attrs={"value_source": "tag", "tag": run.tag, "mlflow_run_id": run.run_id,
-                            "seeded_from": f"{run.study}#{run.trial}", "summary": src.user_attrs.get("summary", {})},
+                user_attrs={A.VALUE_SOURCE: "tag", A.TAG: run.tag, A.MLFLOW_RUN_ID: run.run_id,
+                            A.SEEDED_FROM: f"{run.study}#{run.trial}", A.SUMMARY: src.user_attrs.get(A.SUMMARY, {})},
             ))
         except (ValueError, KeyError, IndexError) as e:
             log.warning("tagged run %s (%s trial %d) does not fit this stage's search space: %s",
@@ -50,7 +51,7 @@ def seed_tagged(study: optuna.Study, runs: list[TrialRun], values: Mapping[str, 
             continue
         done.add((run.run_id, run.tag))
         added += 1
-    study.set_user_attr("seeded", sorted(done))
+    study.set_user_attr(A.SEEDED, sorted(done))
     return added
 
 
