@@ -73,9 +73,9 @@ def test_short_study_completes_with_leaderboard_and_mlflow_runs(tmp_path):
     local = Path(client.download_artifacts(run.info.run_id, "images", str(tmp_path / "dl")))
     names = sorted(p.name for p in local.iterdir())
     assert [n for n in names if "+step+" not in n] == ["dsb2018_256", "metrics_per_image.csv", "mitocheck_hela"]
-    # MLflow images (key overlay/<image>, labels/<image>; MLflow stores them under images/ too)
+    # MLflow images (key overlay/<image>; MLflow stores them under images/ too)
     assert sorted(n.split("+")[0] for n in names if "+step+" in n and n.endswith(".png")) == [
-        "labels~dsb2018_256", "labels~mitocheck_hela", "overlay~dsb2018_256", "overlay~mitocheck_hela"]
+        "overlay~dsb2018_256", "overlay~mitocheck_hela"]
     per_image = pd.read_csv(local / "metrics_per_image.csv")
     assert list(per_image["image"]) == ["dsb2018_256", "mitocheck_hela"]
     assert abs(per_image["gt.f1"].mean() - run.data.metrics["gt.f1"]) < 1e-9
