@@ -12,15 +12,14 @@ reads it; users can edit it.
 """
 from __future__ import annotations
 
-from dataclasses import asdict
+import dataclasses
 from pathlib import Path
 from typing import Any
 
 import optuna
 import yaml
 
-from opsef_opt.config import ModelSpec, ReshapeSpec, SearchSpec
-from opsef_opt.preprocess import step_label
+from opsef_opt.config import ReshapeSpec, SearchSpec
 from opsef_opt.search.leaderboard import NEAR_TIE, gt_columns, leaderboard
 from opsef_opt.search.space import Pipeline, pipeline_from_params
 from opsef_opt.track.names import trial_name
@@ -48,14 +47,7 @@ def _plain(value: Any) -> Any:
 
 def pipeline_config(pipeline: Pipeline, reshape: ReshapeSpec, provenance: dict[str, Any]) -> dict[str, Any]:
     """A plain mapping (YAML-ready) describing one pipeline and where it came from."""
-    return _plain({
-        "source": provenance,
-        "pipeline": pipeline.label,
-        "reshape": asdict(reshape),
-        "preprocess": [{"slot": slot, "name": name, **params} for slot, name, params in pipeline.steps],
-        "model": {"label": pipeline.model.label, "family": pipeline.model.family,
-                  "init": dict(pipeline.model.init), "params": dict(pipeline.model_params)},
-    })
+    return dataclasses.replace(pipeline, reshape=reshape).to_dict(_plain(provenance))
 
 
 def write_best(study: optuna.Study, space: SearchSpec, reshape: ReshapeSpec, folder: Path,
@@ -99,27 +91,6 @@ def _near_ties(study: optuna.Study, name: str) -> list[str]:
 
 
 def load_pipeline(path: Path) -> tuple[Pipeline, ReshapeSpec]:
-    """Read a file written by :func:`write_best` back into a runnable pipeline and its reshaping."""
-    from opsef_opt.config import ConfigError
-    from opsef_opt.params import ParamError, check_kwargs
-    from opsef_opt.preprocess import get_step
-    from opsef_opt.segment import SEGMENTERS
-
-    try:
-        node = yaml.safe_load(Path(path).read_text())
-        steps, labels = [], []
-        for s in node["preprocess"]:
-            s = dict(s)
-            slot, name = s.pop("slot"), s.pop("name")
-            params = check_kwargs(get_step(slot, name).params, s, f"{path}: preprocess {slot}.{name}")
-            steps.append((slot, name, params))
-            labels.append((slot, step_label(name, params)))
-        m = node["model"]
-        family = SEGMENTERS.get(m["family"])
-        params = check_kwargs(family.params, dict(m.get("params") or {}), f"{path}: model.params")
-        model = ModelSpec(m.get("label", m["family"]), m["family"], dict(m.get("init") or {}), params, {}, {})
-        rs = node.get("reshape") or {}
-        reshape = ReshapeSpec(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in rs.items()})
-    except (OSError, yaml.YAMLError, KeyError, TypeError, ValueError, ParamError) as e:
-        raise ConfigError(f"{path}: not a readable pipeline file ({type(e).__name__}: {e})") from None
-    return Pipeline(tuple(steps), tuple(labels), model, params), reshape
+    """Read a file written by :func:`write_best` back: the pipeline and its reshaping (also ``pipeline.reshape``)."""
+    pipeline = Pipeline.from_yaml(path)
+    return pipeline, pipeline.reshape
