@@ -35,19 +35,9 @@ def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
     return next((t for t in ranked_trials(study) if t.user_attrs.get(A.VALUE_SOURCE) != "tag"), None)
 
 
-def _plain(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if hasattr(value, "item"):  # numpy scalars
-        return value.item()
-    return value
-
-
 def pipeline_config(pipeline: Pipeline, reshape: ReshapeSpec, provenance: dict[str, Any]) -> dict[str, Any]:
     """A plain mapping (YAML-ready) describing one pipeline and where it came from."""
-    return dataclasses.replace(pipeline, reshape=reshape).to_dict(_plain(provenance))
+    return dataclasses.replace(pipeline, reshape=reshape).to_dict(provenance)  # numpy values made plain there
 
 
 def write_best(study: optuna.Study, space: SearchSpec, reshape: ReshapeSpec, folder: Path,
