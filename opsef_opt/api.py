@@ -13,14 +13,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
 from opsef_opt.pipeline import Pipeline
 
 __all__ = ["StudyResult", "compose_config", "overrides_from", "run_study", "load_pipeline", "apply",
-           "write_leaderboard"]
+           "stage_leaderboards", "write_leaderboard", "study_tags"]
 
 
 def _value(value: Any) -> str:
@@ -82,14 +82,23 @@ def _settings(study: str, overrides: Mapping[str, Any], config_dir: str | Path |
     return validate(compose_config(overrides_from(study, {"mode": mode, **overrides}), config_dir))
 
 
-def write_leaderboard(settings, studies: Iterable | None = None) -> "Any":
-    """Write ``<study>/leaderboard.csv`` over every stage in storage and return it as a DataFrame."""
-    from opsef_opt.search.leaderboard import combined_leaderboard, leaderboard
+def stage_leaderboards(settings) -> dict:
+    """Every stage in storage (also those a command did not run) -> its leaderboard DataFrame, tags included."""
+    from opsef_opt.search.leaderboard import leaderboard
     from opsef_opt.search.study import stage_studies
 
     tags = study_tags(settings)
-    boards = {name: leaderboard(s, tags) for name, s in stage_studies(settings).items()}
-    table = combined_leaderboard(boards)
+    return {name: leaderboard(s, tags) for name, s in stage_studies(settings).items()}
+
+
+def write_leaderboard(settings, boards: Mapping[str, Any] | None = None) -> "Any":
+    """Write ``<study>/leaderboard.csv`` over every stage in storage and return it as a DataFrame.
+
+    ``boards``: the stages' leaderboards when the caller has them (:func:`stage_leaderboards`).
+    """
+    from opsef_opt.search.leaderboard import combined_leaderboard
+
+    table = combined_leaderboard(stage_leaderboards(settings) if boards is None else boards)
     csv = settings.study_dir / "leaderboard.csv"
     csv.parent.mkdir(parents=True, exist_ok=True)
     table.to_csv(csv, index=False)
@@ -145,7 +154,7 @@ def run_study(study: str = "demo", *, config_dir: str | Path | None = None, **ov
     except NeedTags:  # the stages before the one waiting for tags are done: their table helps to tag
         write_leaderboard(settings)
         raise
-    table = write_leaderboard(settings, studies)
+    table = write_leaderboard(settings)
     best_file = settings.study_dir / "best.yaml"
     return StudyResult(settings.study.name, settings.study_dir, table,
                        Pipeline.from_yaml(best_file) if best_file.is_file() else None,

@@ -120,9 +120,10 @@ def _run_link(settings: Settings, run_id: str, hint: bool = True) -> str:
 
 
 def _search(settings: Settings) -> int:
-    from opsef_opt.search.leaderboard import combined_leaderboard, leaderboard, print_leaderboard
+    from opsef_opt.api import stage_leaderboards, write_leaderboard
     from opsef_opt.backends import BackendError
-    from opsef_opt.search.study import NeedTags, StageFailed, StudyError, run_search, stage_studies
+    from opsef_opt.search.leaderboard import print_leaderboard
+    from opsef_opt.search.study import NeedTags, StageFailed, StudyError, run_search
 
     try:
         studies = run_search(settings)
@@ -139,15 +140,13 @@ def _search(settings: Settings) -> int:
     except KeyboardInterrupt:
         print("\nopsef-opt: interrupted; run the same command again to continue the study.", file=sys.stderr)
         return EXIT_INTERRUPTED
-    tags = _tags(settings)
-    csv = settings.study_dir / "leaderboard.csv"
     # the CSV covers every stage in storage, also those not run by this command (stage=NAME)
-    boards = {name: leaderboard(study, tags) for name, study in stage_studies(settings).items()}
-    csv.parent.mkdir(parents=True, exist_ok=True)
-    combined_leaderboard(boards).to_csv(csv, index=False)
+    boards = stage_leaderboards(settings)
+    write_leaderboard(settings, boards)
+    csv = settings.study_dir / "leaderboard.csv"
     for study in studies:
         stage = study.study_name.rsplit("/", 1)[-1]
-        print_leaderboard(boards.get(stage, leaderboard(study, tags)), settings.leaderboard_rows, csv,
+        print_leaderboard(boards[stage], settings.leaderboard_rows, csv,
                           f"study {study.study_name}", study.user_attrs.get(A.SKIPPED_MODELS))
     uri = settings.tracking_uri
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
@@ -164,18 +163,6 @@ def _search(settings: Settings) -> int:
     print(f"  (or any MLflow UI: mlflow ui --backend-store-uri {uri}, experiment '{settings.study.name}')")
     print(f"Tag results:  python -m opsef_opt study={settings.study.name} mode=tag  (or in the MLflow UI)")
     return 0
-
-
-def _tags(settings: Settings) -> dict[str, str]:
-    """Quality tags of the study's runs, by MLflow run id (for the leaderboard)."""
-    from opsef_opt.tags import trial_runs
-    from opsef_opt.track import tracking_client
-
-    client = tracking_client(settings.tracking_uri)
-    exp = client.get_experiment_by_name(settings.study.name)
-    if exp is None:
-        return {}
-    return {r.run_id: r.tag for r in trial_runs(client, exp.experiment_id, settings.study.name) if r.tag}
 
 
 def _views(settings: Settings, stages: list[str]) -> tuple[str, dict[str, str]] | None:

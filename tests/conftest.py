@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -47,3 +48,21 @@ def ihc():
     from skimage import data
 
     return data.immunohistochemistry()
+
+
+def randomize_cp_unet(model, seed: int = 0) -> None:
+    """Deterministic random weights for the cp_unet network (sane BatchNorm statistics, a varied head)."""
+    rng = np.random.default_rng(seed)
+    for layer in model.layers:
+        ws = layer.get_weights()
+        if not ws:
+            continue
+        if type(layer).__name__ == "BatchNormalization":
+            g, b, mu, var = (w.shape for w in ws)
+            new = [rng.uniform(0.8, 1.2, g), rng.normal(0, 0.1, b), rng.normal(0, 0.1, mu), rng.uniform(0.5, 1.5, var)]
+        else:
+            kernel, bias = ws
+            fan_in = int(np.prod(kernel.shape[:-1]))
+            std = 3.0 if layer.name == "classes" else np.sqrt(2.0 / fan_in)
+            new = [rng.normal(0, std, kernel.shape), rng.normal(0, 0.05, bias.shape)]
+        layer.set_weights([w.astype(np.float32) for w in new])

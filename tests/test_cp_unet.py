@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 import tifffile
-from conftest import REPO, shared
+from conftest import REPO, shared, randomize_cp_unet
 from scipy import ndimage as ndi
 from skimage import filters, segmentation
 
@@ -21,24 +21,6 @@ from opsef_opt.segment.cp_unet import (
 )
 
 # ------------------------------------------------------------------ helpers
-
-
-def _randomize(model, seed: int = 0) -> None:
-    """Deterministic random weights with sane BatchNorm statistics and a varied head."""
-    rng = np.random.default_rng(seed)
-    for layer in model.layers:
-        ws = layer.get_weights()
-        if not ws:
-            continue
-        if type(layer).__name__ == "BatchNormalization":
-            g, b, mu, var = (w.shape for w in ws)
-            new = [rng.uniform(0.8, 1.2, g), rng.normal(0, 0.1, b), rng.normal(0, 0.1, mu), rng.uniform(0.5, 1.5, var)]
-        else:
-            kernel, bias = ws
-            fan_in = int(np.prod(kernel.shape[:-1]))
-            std = 3.0 if layer.name == "classes" else np.sqrt(2.0 / fan_in)
-            new = [rng.normal(0, std, kernel.shape), rng.normal(0, 0.05, bias.shape)]
-        layer.set_weights([w.astype(np.float32) for w in new])
 
 
 def _save_keras2_weights(model, path) -> None:
@@ -80,7 +62,7 @@ def reference(tmp_path_factory):
     from opsef_opt.segment.cp_unet import build_cp_unet
 
     model = build_cp_unet()
-    _randomize(model)
+    randomize_cp_unet(model)
     path = tmp_path_factory.mktemp("cp_unet") / "unet-checkpoint.hdf5"
     _save_keras2_weights(model, path)
     return model, path

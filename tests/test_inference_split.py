@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import randomize_cp_unet
+
 from opsef_opt.search.infercache import InferenceCache, inference_key
 from opsef_opt.segment.registry import load_segmenter
 
@@ -107,19 +109,7 @@ def test_cp_unet_split_matches_classes_plus_watershed(image, tmp_path):
     from opsef_opt.segment.cp_unet import build_cp_unet, labels_from_classes, predict_classes
 
     net = build_cp_unet()
-    rng = np.random.default_rng(0)
-    for layer in net.layers:  # deterministic random weights with sane BatchNorm statistics (as test_cp_unet)
-        ws = layer.get_weights()
-        if not ws:
-            continue
-        if type(layer).__name__ == "BatchNormalization":
-            g, b, mu, var = (w.shape for w in ws)
-            new = [rng.uniform(0.8, 1.2, g), rng.normal(0, 0.1, b), rng.normal(0, 0.1, mu), rng.uniform(0.5, 1.5, var)]
-        else:
-            kernel, bias = ws
-            std = 3.0 if layer.name == "classes" else np.sqrt(2.0 / int(np.prod(kernel.shape[:-1])))
-            new = [rng.normal(0, std, kernel.shape), rng.normal(0, 0.05, bias.shape)]
-        layer.set_weights([w.astype(np.float32) for w in new])
+    randomize_cp_unet(net)  # deterministic random weights (the repository has no trained cp_unet)
     path = tmp_path / "w.weights.h5"
     net.save_weights(str(path))
     model = load_segmenter("cp_unet", weights=str(path), device="cpu")

@@ -26,13 +26,11 @@ from opsef_opt.figures.crops import choose_crop
 from opsef_opt.figures.overlay import (
     FN_RGB, FP_RGB, OUTLINE_RGB, TP_RGB, TRUTH_RGB, UNJUDGED_RGB, Match, match_objects,
 )
-from opsef_opt.figures.text import draw_lines, font, text_width, wrap
+from opsef_opt.figures.text import BACKGROUND_RGB, TEXT_RGB, draw_lines, font, text_width, wrap
 from opsef_opt.figures.tiles import tile_rgb
 
 __all__ = ["Candidate", "SheetImage", "SheetLayout", "decision_sheet"]
 
-BACKGROUND_RGB = (255, 255, 255)
-TEXT_RGB = (25, 25, 25)
 MUTED_RGB = (105, 105, 105)
 RULE_RGB = (220, 220, 220)
 TIE_RGB = (190, 60, 0)

@@ -7,7 +7,11 @@ from typing import Sequence
 
 from PIL import ImageDraw, ImageFont
 
-__all__ = ["font", "wrap", "draw_lines", "text_width"]
+__all__ = ["BACKGROUND_RGB", "TEXT_RGB", "font", "wrap", "draw_lines", "text_width"]
+
+#: page background of every sheet (white, like a printed figure) and its text colour
+BACKGROUND_RGB = (255, 255, 255)
+TEXT_RGB = (25, 25, 25)
 
 
 @lru_cache(maxsize=16)

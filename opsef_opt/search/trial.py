@@ -126,27 +126,20 @@ class _Resegment:
 
     accepts_perturbation = True
 
-    def __init__(self, ctx: TrialContext | None, model, pipeline: Pipeline | None, steps, axes: str,
-                 params: dict, preprocess_key: str | None = None, counts: dict[str, int] | None = None) -> None:
-        self.ctx, self.model, self.pipeline = ctx, model, pipeline
-        self.steps, self.axes, self.params = steps, axes, params
+    def __init__(self, ctx: TrialContext, model, pipeline: Pipeline, axes: str, preprocess_key: str,
+                 counts: dict[str, int]) -> None:
+        self.ctx, self.model, self.pipeline, self.axes = ctx, model, pipeline, axes
         self.preprocess_key, self.counts = preprocess_key, counts
 
     def __call__(self, source: np.ndarray, perturbation: str | None = None) -> np.ndarray:
-        image, out_axes = run_chain(source, self.axes, self.steps)
-        if perturbation is None or self.ctx is None or self.preprocess_key is None:
-            if self.counts is not None and self.model.has_network:
+        image, out_axes = run_chain(source, self.axes, self.pipeline.steps)
+        params = self.pipeline.model_params
+        if perturbation is None:
+            if self.model.has_network:
                 self.counts["forward_passes"] += 1
-            return self.model(image, out_axes, **self.params).labels
+            return self.model(image, out_axes, **params).labels
         lookup = _lookup(self.ctx, self.model, self.pipeline, self.preprocess_key, self.counts, perturbation)
-        return self.model.cached_call(image, out_axes, lookup, **self.params).labels
-
-
-def _resegment(model, steps, axes: str, params: dict, ctx: TrialContext | None = None,
-               pipeline: Pipeline | None = None, preprocess_key: str | None = None,
-               counts: dict[str, int] | None = None) -> Callable[[np.ndarray], np.ndarray]:
-    """The trial's whole pipeline as a function of the input array (for the stability proxy)."""
-    return _Resegment(ctx, model, pipeline, steps, axes, params, preprocess_key, counts)
+        return self.model.cached_call(image, out_axes, lookup, **params).labels
 
 
 def _needs_stability(objective: Objective) -> bool:
@@ -206,7 +199,7 @@ def evaluate(ctx: TrialContext, pipeline: Pipeline, number: int | None = None,
             seg.labels, image, item.truth, raw=ctx.references[item.name], confidence=seg.confidence,
             consensus=ctx.pool.consensus(item.name, number) if ctx.pool is not None else None,
             source=item.data, source_axes=item.axes,
-            segment=_resegment(model, pipeline.steps, item.axes, pipeline.model_params, ctx, pipeline, key, counts)
+            segment=_Resegment(ctx, model, pipeline, item.axes, key, counts)
             if stability else None,
         )
         values = ctx.objective.image_metrics(result)

@@ -23,7 +23,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image, ImageDraw
 
-from opsef_opt.figures.text import draw_lines, font, text_width, wrap
+from opsef_opt.figures.text import BACKGROUND_RGB, TEXT_RGB, draw_lines, font, text_width, wrap
 from opsef_opt.figures.crops import choose_crop
 from opsef_opt.figures.overlay import OUTLINE_RGB, Match
 from opsef_opt.figures.tiles import tile_rgb
@@ -33,14 +33,11 @@ __all__ = [
     "choose_crop", "grid_shape", "list_shape", "render_grid", "render_list", "save_png",
 ]
 
-#: sheet background (white, like a printed figure)
-BACKGROUND_RGB = (255, 255, 255)
 #: grid positions without a trial: neutral grey, with a darker dash in the middle
 EMPTY_RGB = (205, 205, 205)
 DASH_RGB = (140, 140, 140)
 #: padding around a crop that is not square (letterbox), slightly darker than the page
 LETTERBOX_RGB = (235, 235, 235)
-TEXT_RGB = (25, 25, 25)
 MUTED_RGB = (110, 110, 110)
 #: quality tags: badge in the caption and a frame around the cell
 TAG_RGB: dict[str, tuple[int, int, int]] = {
