@@ -123,10 +123,12 @@ def _search(settings: Settings) -> int:
     from opsef_opt.api import stage_leaderboards, write_leaderboard
     from opsef_opt.backends import BackendError
     from opsef_opt.search.leaderboard import print_leaderboard
+    from opsef_opt.search.control import stop_on_signals
     from opsef_opt.search.study import NeedTags, StageFailed, StudyError, run_search
 
     try:
-        studies = run_search(settings)
+        with stop_on_signals() as stop:  # the first Ctrl-C / SIGTERM stops after the current image
+            studies = run_search(settings, stop)
     except (ConfigError, StudyError, BackendError) as e:
         prefix = "config error: " if isinstance(e, ConfigError) else ""
         print(f"opsef-opt: {prefix}{e}", file=sys.stderr)

@@ -126,7 +126,7 @@ _KILL_ME = """
 import sys
 from pathlib import Path
 from opsef_opt.track import Tracker
-from opsef_opt.search.study import _init_storage
+from opsef_opt.search.storage import _init_storage
 from opsef_opt.backends import ensure_sqlite
 folder = Path(sys.argv[1])
 print("started", flush=True)

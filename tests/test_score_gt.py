@@ -21,12 +21,6 @@ QUALITY = ("precision", "recall", "f1", "accuracy", "mean_matched_iou", "panopti
 COUNTS = ("n_true", "n_pred", "tp", "fp", "fn")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _compiled():
-    """Import stardist.matching and compile its numba kernel once (~2 s), outside the tests' timing."""
-    image_metrics(np.ones((4, 4), np.uint8), np.ones((4, 4), np.uint8))
-
-
 def mitocheck(name: str = "labels") -> np.ndarray:
     return tifffile.imread(shared("gt", "mitocheck", f"{name}.tif"))
 
@@ -232,3 +226,44 @@ def test_invalid_inputs():
         image_metrics(truth, truth, iou=0.0)
     with pytest.raises(ValueError):
         pooled_metrics([truth], [])
+
+
+def _variants(truth: np.ndarray) -> dict[str, np.ndarray]:
+    """Predictions that differ from the truth in the ways segmentations do."""
+    rng = np.random.default_rng(0)
+    merged = truth.copy()
+    merged[dilation(truth, disk(2)) > 0] = 1  # everything touching merges into few big objects
+    merged = label(merged > 0)
+    split = truth.copy()
+    split[:, ::7] = 0
+    split = label(split > 0)
+    noise = label(rng.random(truth.shape) > 0.7)
+    return {"same": truth, "eroded": erode(truth, 1), "eroded3": erode(truth, 3),
+            "dilated": dilation(truth, disk(2)), "shifted": np.roll(truth, 3, axis=1),
+            "merged": merged, "split": split, "noise": noise, "empty": np.zeros_like(truth)}
+
+
+@pytest.mark.parametrize("iou", [0.5, 0.3, 0.7])
+def test_metrics_equal_stardists_matching(iou):
+    """Our one-pass matching gives StarDist's numbers, per image and pooled, on real labels."""
+    from stardist.matching import matching, matching_dataset
+
+    from opsef_opt.score.gt import _summarise, _thresholds
+
+    truth = mitocheck().astype(np.int32)
+    preds = _variants(truth)
+    thresholds = _thresholds(iou)
+    for name, pred in preds.items():
+        ours = image_metrics(truth, pred, iou=iou)
+        ref = _summarise(dict(zip(thresholds, matching(truth, pred.astype(np.int32), thresh=thresholds))), iou)
+        assert ours.keys() == ref.keys()
+        for k in ref:
+            assert ours[k] == (ref[k] if k in COUNTS else pytest.approx(ref[k], rel=1e-6)), (name, k)
+    ours = pooled_metrics([truth] * len(preds), list(preds.values()), iou=iou)
+    ref = _summarise(dict(zip(thresholds, matching_dataset([truth] * len(preds),
+                                                           [p.astype(np.int32) for p in preds.values()],
+                                                           thresh=thresholds, by_image=False,
+                                                           show_progress=False))), iou)
+    for k in ref:
+        assert ours[k] == (ref[k] if k in COUNTS else pytest.approx(ref[k], rel=1e-6)), ("pooled", k)
+    assert 0 < ours["tp"] < ours["n_true"]  # the variants include partial matches

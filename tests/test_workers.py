@@ -37,7 +37,7 @@ def test_two_workers_evaluate_every_grid_point_once(tmp_path):
 
 
 def _claim_all(url: str, out: str) -> None:
-    from opsef_opt.search.study import _claim
+    from opsef_opt.search.storage import _claim
 
     study = optuna.load_study(study_name="race", storage=url)
     won = [t._trial_id for t in study.get_trials(deepcopy=False) if _claim(study._storage, t._trial_id)]

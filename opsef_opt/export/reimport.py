@@ -33,21 +33,26 @@ points, angles and text are not areas and are skipped (reported). Parts outside 
 clipped. Objects are numbered 1, 2, ... in archive order (a ROI that covers no pixel takes no
 number); where ROIs overlap, **the later ROI wins** the shared pixels (an earlier ROI fully
 covered by later ones disappears; this is reported).
+
+The safety checks on a zip's entries are in :mod:`opsef_opt.export.roi_entries`, the
+rasterisation in :mod:`opsef_opt.export.roi_raster`; this module reads whole archives and label
+images and matches edited files to images.
 """
 from __future__ import annotations
 
 import logging
 import os
-import re
 import zipfile
-import zlib
 from pathlib import Path
 
 import numpy as np
-import roifile
 import tifffile
 
 from opsef_opt.batch.naming import safe_name
+from opsef_opt.export.roi_entries import (  # noqa: F401  (re-exported)
+    _AREA_TYPES, _NOT_AREA_SUBTYPES, ReimportError, _decode, _read_entry, _unsafe_reason,
+)
+from opsef_opt.export.roi_raster import _Raster
 
 __all__ = ["ReimportError", "read_roi_zip", "read_label_image", "import_edited",
            "MAX_BYTES", "MAX_ENTRIES", "RASTER_WORK_FACTOR", "RASTER_WORK_MIN"]
@@ -64,227 +69,14 @@ MAX_ENTRIES = 100_000
 #: (ROIs stacked many times over the image, or outlines of millions of vertices) is refused
 RASTER_WORK_FACTOR = 8
 RASTER_WORK_MIN = 50_000_000
-_BATCH_VERTICES = 1_000_000  # ROIs are rasterised together in batches of about this many vertices
-_CHUNK = 4_000_000  # at most about this many row crossings / pixels are held in memory at once
-_MAX_COORDINATE = 1e7  # a ROI vertex farther out is refused as malformed (keeps the arithmetic exact)
 _EXAMPLES = 3  # entry names quoted per kind of finding in an archive's summary line
 
-_AREA_TYPES = {roifile.ROI_TYPE.POLYGON, roifile.ROI_TYPE.RECT, roifile.ROI_TYPE.OVAL,
-               roifile.ROI_TYPE.FREEHAND, roifile.ROI_TYPE.TRACED}
-_NOT_AREA_SUBTYPES = {roifile.ROI_SUBTYPE.TEXT, roifile.ROI_SUBTYPE.IMAGE,
-                      roifile.ROI_SUBTYPE.ARROW}
-_DRIVE = re.compile(r"^[A-Za-z]:")
 
-
-class ReimportError(ValueError):
-    """An edited file that cannot be read back; the message names the file and what to do."""
-
-
-def _check_shape(shape) -> tuple[int, int]:
+def _check_shape(shape: tuple[int, ...]) -> tuple[int, int]:
     shape = tuple(int(s) for s in shape)
     if len(shape) != 2 or min(shape) <= 0:
         raise ValueError(f"shape must be (height, width) of the image, got {shape}")
     return shape
-
-
-def _unsafe_reason(name: str) -> str | None:
-    """Why a zip entry name is unsafe to have in an archive we read, or None."""
-    if not name:
-        return "empty name"
-    if "\x00" in name:
-        return "contains a NUL character"
-    if "\\" in name:
-        return "contains a backslash"
-    if name.startswith("/"):
-        return "is an absolute path"
-    if _DRIVE.match(name):
-        return "starts with a drive letter"
-    if ".." in name.split("/"):
-        return "contains a '..' component"
-    return None
-
-
-def _read_entry(zf: zipfile.ZipFile, info: zipfile.ZipInfo, budget: int, archive: Path) -> bytes:
-    """Entry bytes, reading at most its declared size + 1 (and never more than ``budget``)."""
-    cap = min(info.file_size, budget)
-    try:
-        with zf.open(info) as fh:
-            data = fh.read(cap + 1)
-    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, RuntimeError,
-            NotImplementedError) as exc:
-        raise ReimportError(f"{archive}: entry {info.filename!r} cannot be read ({exc}); "
-                            "re-save the ROIs from ImageJ's ROI Manager") from exc
-    if len(data) > cap:
-        raise ReimportError(f"{archive}: entry {info.filename!r} holds more data than its zip "
-                            f"header declares ({info.file_size} bytes) or than the size limit; "
-                            "refusing to read this archive")
-    return data
-
-
-def _decode(data: bytes, name: str, archive: Path) -> tuple[roifile.ImagejRoi, list[np.ndarray]]:
-    """The ROI and its outline(s) as (N, 2) float (x, y) arrays; ReimportError when malformed."""
-    try:
-        roi = roifile.ImagejRoi.frombytes(data)
-        if roi.composite and roi.roitype == roifile.ROI_TYPE.RECT:
-            paths = roi.coordinates(multi=True)
-        else:
-            paths = [roi.coordinates()]
-        paths = [np.asarray(p, dtype=np.float64).reshape(-1, 2) for p in paths]
-    except Exception as exc:  # roifile raises struct.error, ValueError, TypeError, ... on garbage
-        raise ReimportError(f"{archive}: entry {name!r} is not a valid ImageJ ROI ({exc}); "
-                            "remove it or re-save the ROIs from ImageJ's ROI Manager") from exc
-    if roi.roitype == roifile.ROI_TYPE.UNKNOWN:
-        raise ReimportError(f"{archive}: entry {name!r} is not a valid ImageJ ROI (unknown ROI "
-                            "type); remove it or re-save the ROIs from ImageJ's ROI Manager")
-    for p in paths:
-        if not np.all(np.isfinite(p)):
-            raise ReimportError(f"{archive}: entry {name!r} has non-finite coordinates")
-        if len(p) and np.abs(p).max() > _MAX_COORDINATE:
-            raise ReimportError(f"{archive}: entry {name!r} has coordinates beyond "
-                                f"+-{_MAX_COORDINATE:g} pixels, far outside any image")
-    return roi, paths
-
-
-class _Raster:
-    """Paints area ROIs into an int32 label image in bulk.
-
-    The outlines of many ROIs are collected and filled together with a vectorised scanline fill:
-    for each pixel row, the x where every edge crosses the row's pixel centres is computed, the
-    crossings of one ROI are sorted and paired (even-odd rule: composite ROIs keep their holes),
-    and the pixels whose centres lie in ``[left, right)`` are set. The work is proportional to
-    the outlines' rows plus the painted pixels, never to the image or to bounding boxes times
-    vertices, and is counted against a budget (see :data:`RASTER_WORK_FACTOR`). Where ROIs
-    overlap the later one wins: every ROI gets its archive number as a provisional label and a
-    pixel keeps the largest.
-    """
-
-    def __init__(self, shape: tuple[int, int], archive: Path, capacity: int):
-        self.shape = shape
-        self.archive = archive
-        self.labels = np.zeros(shape, dtype=np.int32)
-        self.names: list[str] = []  # area ROIs in archive order; provisional label = index + 1
-        self.areas = np.zeros(capacity, dtype=np.int64)
-        self.outside = np.zeros(capacity, dtype=bool)
-        self.budget = max(RASTER_WORK_FACTOR * shape[0] * shape[1], RASTER_WORK_MIN)
-        self.work = 0
-        self._paths: list[np.ndarray] = []
-        self._owners: list[int] = []
-        self._pending = 0
-
-    def add(self, name: str, paths: list[np.ndarray]) -> None:
-        index = len(self.names)
-        self.names.append(name)
-        for path in paths:
-            if len(path) >= 3:  # fewer vertices enclose no area
-                self._paths.append(path)
-                self._owners.append(index)
-                self._pending += len(path)
-        if self._pending >= _BATCH_VERTICES:
-            self.flush()
-
-    def _spend(self, amount: int) -> None:
-        self.work += int(amount)
-        if self.work > self.budget:
-            h, w = self.shape
-            raise ReimportError(
-                f"{self.archive}: its ROIs are too costly to rasterise (more than {self.budget} "
-                f"vertices, outline row crossings and painted pixels, the limit for a {h}x{w} image: "
-                f"RASTER_WORK_FACTOR = {RASTER_WORK_FACTOR} times its pixels, at least "
-                f"RASTER_WORK_MIN = {RASTER_WORK_MIN}); the ROIs overlap each other many times or "
-                "have extremely long outlines; refusing to read this archive")
-
-    def flush(self) -> None:
-        """Fill the collected outlines."""
-        if not self._paths:
-            return
-        h, w = self.shape
-        lengths = np.fromiter((len(p) for p in self._paths), dtype=np.int64, count=len(self._paths))
-        points = np.concatenate(self._paths)
-        owner = np.repeat(np.asarray(self._owners, dtype=np.int64), lengths)
-        self._paths, self._owners, self._pending = [], [], 0
-        self._spend(len(points))
-        x, y = points[:, 0], points[:, 1]
-        self.outside[owner[(x < 0) | (y < 0) | (x > w) | (y > h)]] = True
-        # edges: each vertex to the next one of its path, the last back to the first; pixel
-        # centres are at integer coordinates after shifting by half a pixel
-        starts = np.cumsum(lengths) - lengths
-        following = np.arange(1, len(points) + 1)
-        following[starts + lengths - 1] = starts
-        x0, y0 = x - 0.5, y - 0.5
-        x1, y1 = x0[following], y0[following]
-        # rows r whose centre line crosses the edge: min(y0, y1) <= r < max(y0, y1) (half-open,
-        # so a vertex on a row is counted once and every row has an even number of crossings)
-        low = np.clip(np.ceil(np.minimum(y0, y1)), 0, h).astype(np.int64)
-        high = np.clip(np.ceil(np.maximum(y0, y1)), 0, h).astype(np.int64)
-        keep = np.flatnonzero(high > low)
-        if not len(keep):
-            return
-        x0, y0, low, high, owner = x0[keep], y0[keep], low[keep], high[keep], owner[keep]
-        dx, dy = x1[keep] - x0, y1[keep] - y0
-        per_row = np.cumsum(np.bincount(low, minlength=h + 1) - np.bincount(high, minlength=h + 1))[:h]
-        total = int(per_row.sum())
-        self._spend(total)
-        # bands of whole rows with at most about _CHUNK crossings each bound the memory
-        cumulative = np.cumsum(per_row)
-        cuts = np.searchsorted(cumulative, np.arange(_CHUNK, total, _CHUNK), side="right")
-        bounds = np.unique(np.concatenate(([0], cuts, [h])))
-        flat = self.labels.reshape(-1)
-        for a, b in zip(bounds[:-1].tolist(), bounds[1:].tolist()):
-            sel = np.flatnonzero((low < b) & (high > a)) if len(bounds) > 2 else np.arange(len(low))
-            lo, n = np.maximum(low[sel], a), np.minimum(high[sel], b) - np.maximum(low[sel], a)
-            count = int(n.sum())
-            if not count:
-                continue
-            edge = np.repeat(sel, n)
-            row = np.repeat(lo, n) + np.arange(count) - np.repeat(np.cumsum(n) - n, n)
-            # multiply before dividing: exact whenever the crossing is representable
-            cross = x0[edge] + (row - y0[edge]) * dx[edge] / dy[edge]
-            roi = owner[edge]
-            order = np.lexsort((cross, row, roi))
-            cross, row, roi = cross[order], row[order][0::2], roi[order][0::2]
-            c0 = np.clip(np.ceil(cross[0::2]), 0, w).astype(np.int64)
-            c1 = np.clip(np.ceil(cross[1::2]), 0, w).astype(np.int64)
-            span = np.maximum(c1 - c0, 0)
-            self._spend(int(span.sum()))
-            self.areas += np.bincount(roi, weights=span, minlength=len(self.areas)).astype(np.int64)
-            self._paint(flat, row * w + c0, span, roi)
-
-    @staticmethod
-    def _paint(flat: np.ndarray, first: np.ndarray, span: np.ndarray, roi: np.ndarray) -> None:
-        """Set the runs of ``span`` pixels from flat index ``first`` to ``roi + 1`` (the larger wins)."""
-        done = np.cumsum(span)
-        cuts = np.searchsorted(done, np.arange(_CHUNK, int(done[-1]) if len(done) else 0, _CHUNK),
-                               side="right")
-        for i, j in zip([0, *cuts.tolist()], [*cuts.tolist(), len(span)]):
-            if j <= i:
-                continue
-            n = span[i:j]
-            count = int(n.sum())
-            if not count:
-                continue
-            index = np.repeat(first[i:j] - (np.cumsum(n) - n), n) + np.arange(count)
-            np.maximum.at(flat, index, np.repeat((roi[i:j] + 1).astype(np.int32), n))
-
-    def finish(self) -> tuple[np.ndarray, dict[str, list[str]], int]:
-        """The label image (ROIs without pixels take no number), names per finding, object count."""
-        self.flush()
-        n = len(self.names)
-        areas, outside = self.areas[:n], self.outside[:n]
-        final = np.bincount(self.labels.reshape(-1), minlength=n + 1)[1:n + 1]
-        drawn = areas > 0
-        labels = self.labels
-        if not drawn.all():
-            lut = np.zeros(n + 1, dtype=np.int32)
-            lut[1:][drawn] = np.arange(1, int(drawn.sum()) + 1, dtype=np.int32)
-            labels = lut[labels]
-        names = np.asarray(self.names, dtype=object)
-        found = {
-            "clipped": names[drawn & outside].tolist(),
-            "empty": names[~drawn].tolist(),
-            "overlapped": names[drawn & (final > 0) & (final < areas)].tolist(),
-            "covered": names[drawn & (final == 0)].tolist(),
-        }
-        return labels, found, int(np.count_nonzero(final))
 
 
 def _summary(archive: Path, shape: tuple[int, int], n_objects: int,
@@ -352,7 +144,7 @@ def read_roi_zip(path: str | os.PathLike, shape: tuple[int, int], max_bytes: int
         if declared > max_bytes:
             raise ReimportError(f"{archive}: entries declare {declared} bytes uncompressed, more "
                                 f"than the limit of {max_bytes} bytes; refusing to read it")
-        raster = _Raster(shape, archive, len(infos))
+        raster = _Raster(shape, archive, len(infos), RASTER_WORK_FACTOR, RASTER_WORK_MIN)
         budget = max_bytes
         for info in infos:
             name = info.filename

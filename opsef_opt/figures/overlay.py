@@ -3,7 +3,7 @@
 Every outline is a bright line with a one-pixel dark halo on both sides, so it
 reads on dark fluorescence, bright brightfield and coloured H&E backgrounds
 alike. With ground truth, predicted objects are matched one-to-one at IoU 0.5
-(:func:`stardist.matching.matching`, as :mod:`opsef_opt.score.gt`) and drawn
+(StarDist's matching, computed by :mod:`opsef_opt.score.matching`) and drawn
 
 * **true positives** in green (:data:`TP_RGB`),
 * **false positives** in magenta with a light magenta tint (:data:`FP_RGB`),
@@ -156,9 +156,8 @@ def match_objects(truth: np.ndarray, pred: np.ndarray, iou: float = 0.5, sparse:
     ``sparse``: predictions lying mostly off the labelled objects are neither
     true nor false (:func:`opsef_opt.score.gt.restrict_to_labelled`).
     """
-    from stardist.matching import matching
-
     from opsef_opt.score.gt import restrict_to_labelled
+    from opsef_opt.score.matching import matched_pairs
 
     truth = np.asarray(truth).astype(np.int32)
     pred = np.asarray(pred).astype(np.int32)
@@ -171,8 +170,7 @@ def match_objects(truth: np.ndarray, pred: np.ndarray, iou: float = 0.5, sparse:
     true_ids = set(np.unique(truth).tolist()) - {0}
     if not pred_ids or not true_ids:
         return Match(frozenset(), frozenset(pred_ids), frozenset(true_ids), frozenset(unjudged))
-    m = matching(truth, pred, thresh=iou, report_matches=True)
-    pairs = [m.matched_pairs[i] for i in m.matched_tps]
+    pairs = matched_pairs(truth, pred, iou)
     tp_true = {t for t, _ in pairs}
     tp_pred = {p for _, p in pairs}
     return Match(frozenset(tp_pred), frozenset(pred_ids - tp_pred), frozenset(true_ids - tp_true),

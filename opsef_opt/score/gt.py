@@ -1,11 +1,14 @@
-"""Ground-truth instance-segmentation metrics, computed with :mod:`stardist.matching`.
+"""Ground-truth instance-segmentation metrics, with StarDist's definitions (:mod:`stardist.matching`).
 
-StarDist's :func:`stardist.matching.matching` is the maintained reference
-implementation of DSB 2018-style instance matching (an optimal one-to-one
-assignment of true and predicted objects, a pair counting as a true positive
-when its IoU reaches the threshold), so matching is not hand-written here.
-This module only validates the label images, chooses the thresholds, handles
-the empty cases and sparse ground truth, and names the results.
+StarDist's :func:`stardist.matching.matching` is the reference for
+DSB 2018-style instance matching (an optimal one-to-one assignment of true
+and predicted objects, a pair counting as a true positive when its IoU
+reaches the threshold). Its numbers are computed by
+:mod:`opsef_opt.score.matching`, which gives the same results (tested
+against StarDist) without StarDist's numba compilation on each process's
+first call. This module validates the label images, chooses the
+thresholds, handles the empty cases and sparse ground truth, and names the
+results.
 
 Every function returns the same keys:
 
@@ -27,21 +30,20 @@ Otherwise StarDist's convention holds: with no true positive every quality
 metric is 0, e.g. truth empty and prediction non-empty gives precision,
 recall, F1, ``ap`` and ``mean_matched_iou`` all 0 (fp = n_pred).
 
-Speed: one :func:`~stardist.matching.matching` call per image computes the
-overlap once and assigns at all eleven thresholds (:data:`THRESHOLDS` and
-``iou``). On StarDist's 512 x 512 test image (``test_image_nuclei_2d``, 125
-nuclei) against a copy with every nucleus eroded by one pixel,
-:func:`image_metrics` takes about 7 ms on a 2-core CPU (measured, median of
-20 calls). Labels are always passed to StarDist as int32, so its numba kernel
-compiles once per process and number of dimensions (about 1 s for the first
-2D call, 0.2 s for the first 3D call); importing ``stardist.matching`` takes
-about another 1 s, done lazily on first use.
+Speed: one overlap pass per image serves all eleven thresholds
+(:data:`THRESHOLDS` and ``iou``). On StarDist's 512 x 512 test image
+(``test_image_nuclei_2d``, 125 nuclei) against a copy with every nucleus
+eroded by one pixel, :func:`image_metrics` takes a few milliseconds on a
+2-core CPU, with no compilation on the first call (see
+:mod:`opsef_opt.score.matching`; ``bench`` figures in its tests' notes).
 """
 from __future__ import annotations
 
 from typing import Any, Mapping, Sequence
 
 import numpy as np
+
+from opsef_opt.score.matching import Counts, match_counts
 
 __all__ = [
     "GT_METRICS",
@@ -222,16 +224,12 @@ def image_metrics(truth: np.ndarray, pred: np.ndarray, iou: float = 0.5,
         If the shapes differ (the message names both), or labels are not
         non-negative integers.
     """
-    from stardist.matching import matching
-
     _check_shapes(truth, pred)
     t = _as_labels(truth, "truth")
     p = _as_labels(pred, "pred")
     if sparse:
         p = restrict_to_labelled(t, p)
-    thresholds = _thresholds(iou)
-    stats = matching(t, p, thresh=thresholds)
-    return _summarise(dict(zip(thresholds, stats)), iou)
+    return _summarise(match_counts(t, p, _thresholds(iou)), iou)
 
 
 def pooled_metrics(truths: Sequence[np.ndarray], preds: Sequence[np.ndarray], iou: float = 0.5,
@@ -263,8 +261,6 @@ def pooled_metrics(truths: Sequence[np.ndarray], preds: Sequence[np.ndarray], io
         The keys of :func:`image_metrics`; counts are totals. All images
         empty in truth and prediction: every quality metric is 1.0.
     """
-    from stardist.matching import matching_dataset
-
     if len(truths) != len(preds):
         raise ValueError(f"{len(truths)} ground-truth images but {len(preds)} predictions")
     if len(truths) == 0:
@@ -277,8 +273,11 @@ def pooled_metrics(truths: Sequence[np.ndarray], preds: Sequence[np.ndarray], io
         ts.append(t)
         ps.append(restrict_to_labelled(t, p) if sparse else p)
     thresholds = _thresholds(iou)
-    stats = matching_dataset(ts, ps, thresh=thresholds, by_image=False, show_progress=False)
-    return _summarise(dict(zip(thresholds, stats)), iou)
+    per_image = [match_counts(t, p, thresholds) for t, p in zip(ts, ps)]
+    pooled = {th: Counts(th, *(sum(getattr(m[th], k) for m in per_image)
+                               for k in ("tp", "n_true", "n_pred", "sum_matched_score")))
+              for th in map(float, thresholds)}
+    return _summarise(pooled, iou)
 
 
 def mean_metrics(per_image: Sequence[Mapping[str, float]]) -> dict[str, float]:

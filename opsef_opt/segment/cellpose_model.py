@@ -41,27 +41,10 @@ image is assumed to look like the training images. The size model
 (automatic diameter estimation) is not used.
 
 Confidence (``Segmentation.confidence``), per object, in [0, 1]: the mean
-cell probability (sigmoid of Cellpose's ``cellprob`` output, ``flows[2]``)
-over the object's pixels times its flow agreement ``clip(1 - flow_error /
-0.4, 0, 1)``. The flow error is Cellpose's own per-object quality measure
-(``cellpose.metrics.flow_error``: mean squared difference between the
-network's flows and the flows of the object's final mask; ``flow_threshold``
-removes objects by it, 0.4 by default, hence the scale: an object at the
-default limit has agreement 0). It is recomputed on the returned masks, which
-it only reads (Cellpose computes it internally but does not return it): a
-small fraction of the call (0.01-0.05 s for 10-30 objects on 256 x 256,
-0.1-0.4 s for ~115 objects on 512 x 512 on 2 shared CPU cores, 2-7 % of
-the Cellpose call with the tiny model). ``extra`` keeps both parts (``cell_probability``, ``flow_error``).
-Why both: with the tiny self-trained Cellpose model on the shared GT sets
-(dsb2018_256, mitocheck, bbbc007_sparse, kromp2020 dense and low-S/N; 25
-candidates each: 5 preprocessings x diameter, cellprob and flow thresholds),
-the cell probability alone ranked candidates poorly (Spearman rho with GT F1
-0.22 on average, regret 0.44), the product ranked them well: held-out rho
-0.50 / 0.80 / 0.84 / 0.79 / 0.35, regret 0.05 / 0 / 0.08 / 0.02 / 0.18, the
-scale 0.4 chosen by leave-one-dataset-out among 2, 1.2, 0.8, 0.6 and 0.4
-(and no flow term) in every fold (the grid was widened after a first look
-at 2 and 0.8; 0.4 is also Cellpose's own default limit). Only 5 sets and a
-tiny model: a pretrained Cellpose may behave otherwise.
+cell probability over the object's pixels times its flow agreement with the
+final mask (:mod:`opsef_opt.segment.cellpose_confidence` says how and why).
+Where the weights are found: :mod:`opsef_opt.segment.cellpose_weights`
+(its public names are re-exported here).
 
 Cellpose 4 (Cellpose-SAM)
 -------------------------
@@ -79,164 +62,24 @@ asking for them gives :class:`ModelUnavailable` naming the version needed.
 """
 from __future__ import annotations
 
-import os
-import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from opsef_opt.params import Param
-from opsef_opt.segment.download import host_answers
 from opsef_opt.segment.base import ModelUnavailable, Segmentation, Segmenter
+from opsef_opt.segment.cellpose_confidence import (  # noqa: F401  (re-exported)
+    FLOW_ERROR_SCALE, _cell_probability, _confidence, _flow_error,
+)
+from opsef_opt.segment.cellpose_weights import (  # noqa: F401  (re-exported)
+    CP3_NAMES, CP3_URL, CP4_NAMES, CPSAM_URL, ENV_DIR, MAIN_NAMES, MissingBuiltin, _download_builtin, _major,
+    cellpose_model_dir, cellpose_version, infer_widths, resolve_model,
+)
 from opsef_opt.segment.device import DEVICES
 from opsef_opt.segment.registry import register_segmenter
 
 __all__ = ["CellposeSegmenter", "cellpose_model_dir", "cellpose_version", "resolve_model", "infer_widths"]
-
-CP3_URL = "https://www.cellpose.org/models"
-CPSAM_URL = "https://huggingface.co/mouseland/cellpose-sam/resolve/main/cpsam"
-ENV_DIR = "CELLPOSE_LOCAL_MODELS_PATH"
-
-#: Cellpose 3.1's built-in model names (cellpose.models.MODEL_NAMES)
-CP3_NAMES = (
-    "cyto3", "nuclei", "cyto2_cp3", "tissuenet_cp3", "livecell_cp3", "yeast_PhC_cp3",
-    "yeast_BF_cp3", "bact_phase_cp3", "bact_fluor_cp3", "deepbacs_cp3", "cyto2", "cyto", "CPx",
-    "transformer_cp3", "neurips_cellpose_default", "neurips_cellpose_transformer",
-    "neurips_grayscale_cyto2", "CP", "TN1", "TN2", "TN3", "LC1", "LC2", "LC3", "LC4",
-)
-CP4_NAMES = ("cpsam",)
-#: the names users pick from (others in CP3_NAMES work too)
-MAIN_NAMES = ("nuclei", "cyto", "cyto2", "cyto3")
-
-
-def cellpose_version() -> str | None:
-    """Installed Cellpose version, without importing it (None when not installed)."""
-    from importlib import metadata
-
-    try:
-        return metadata.version("cellpose")
-    except metadata.PackageNotFoundError:
-        return None
-
-
-def _major(version: str) -> int:
-    try:
-        return int(version.split(".")[0])
-    except ValueError:
-        return 3
-
-
-def cellpose_model_dir() -> Path:
-    """The folder Cellpose loads built-in weights from, computed as Cellpose does.
-
-    Cellpose reads ``CELLPOSE_LOCAL_MODELS_PATH`` once, at import; when it is
-    already imported in this process its ``MODEL_DIR`` is what it will use.
-    """
-    mod = sys.modules.get("cellpose.models")
-    if mod is not None and getattr(mod, "MODEL_DIR", None) is not None:
-        return Path(mod.MODEL_DIR)
-    env = os.environ.get(ENV_DIR)
-    return Path(env) if env else Path.home() / ".cellpose" / "models"
-
-
-def _builtin_file(name: str) -> str:
-    """File name of a built-in model in the model folder (cellpose.models.model_path)."""
-    return f"{name}torch_0" if name in ("cyto", "cyto2", "nuclei") else name
-
-
-class MissingBuiltin(ModelUnavailable):
-    """A built-in model whose weights are not in Cellpose's model folder (yet)."""
-
-    def __init__(self, message: str, url: str) -> None:
-        super().__init__(message)
-        self.url = url
-
-
-def _download_builtin(model: str, missing: MissingBuiltin, timeout: float = 5.0) -> None:
-    """Let Cellpose download a built-in model into its own folder, if its host answers quickly."""
-    why = host_answers(missing.url, timeout)
-    if why is not None:
-        raise ModelUnavailable(f"{missing} [no download: {why}]") from None
-    from cellpose import models
-
-    try:
-        models.model_path(model)  # Cellpose's own download + cache (MODEL_DIR)
-        if model in ("cyto", "cyto2", "cyto3", "nuclei"):
-            models.size_model_path(model)
-    except Exception as e:
-        raise ModelUnavailable(f"{missing} [download failed: {type(e).__name__}: {e}]") from None
-
-
-class _Resolved:
-    """Where a model's weights are: ``builtin`` (name, folder file, URL) or ``file``."""
-
-    def __init__(self, kind: str, name: str, path: Path, url: str | None = None) -> None:
-        self.kind, self.name, self.path, self.url = kind, name, path, url
-
-
-def _fix_hint() -> str:
-    return "or point the config at a local model file: study.search.models.<label>.init.model=/path/to/model"
-
-
-def resolve_model(model: str) -> _Resolved:
-    """Find the weights file of ``model`` without loading anything or using the network.
-
-    Raises :class:`ModelUnavailable` (one line: what is missing, where it was
-    looked for, where it comes from, how to configure a local file).
-    """
-    version = cellpose_version()
-    if version is None:
-        raise ModelUnavailable(
-            "cellpose is not installed: pip install 'opsef-opt[cellpose]' (or 'cellpose>=3.1,<5')"
-        )
-    major = _major(version)
-    names, other = (CP4_NAMES, CP3_NAMES) if major >= 4 else (CP3_NAMES, CP4_NAMES)
-    folder = cellpose_model_dir()
-    if model in names:
-        fname = _builtin_file(model)
-        url = CPSAM_URL if major >= 4 else f"{CP3_URL}/{fname}"
-        path = folder / fname
-        if not path.is_file():
-            raise MissingBuiltin(
-                f"cellpose model {model!r}: weights file {fname} not found in {folder} "
-                f"(Cellpose's model folder: ~/.cellpose/models or ${ENV_DIR}); "
-                f"fetch {url} and put it in that folder (or set {ENV_DIR} to the folder holding it), "
-                + _fix_hint(),
-                url=url,
-            )
-        return _Resolved("builtin", model, path, url)
-    if model in other:
-        need = "cellpose>=4" if model in CP4_NAMES else "cellpose>=3.1,<4"
-        raise ModelUnavailable(
-            f"cellpose model {model!r} needs {need} (installed: cellpose {version}); "
-            f"use one of {', '.join(MAIN_NAMES if major < 4 else CP4_NAMES)}, " + _fix_hint()
-        )
-    path = Path(model).expanduser()
-    if path.is_file():
-        return _Resolved("file", model, path)
-    if not path.is_absolute() and len(path.parts) == 1 and (folder / model).is_file():
-        return _Resolved("file", model, folder / model)  # a model added to Cellpose's folder (GUI)
-    builtins = ", ".join(MAIN_NAMES if major < 4 else CP4_NAMES)
-    raise ModelUnavailable(
-        f"cellpose model file {path} does not exist (and {model!r} is not a built-in model name: {builtins}); "
-        f"train one with opsef_opt.train.cellpose_train.train_cellpose, use a built-in name, " + _fix_hint()
-    )
-
-
-def infer_widths(state_dict: dict) -> list[int]:
-    """Cellpose 3 ``nbase`` (input channels, then the U-Net level widths) from a state dict."""
-    widths = []
-    i = 0
-    while f"downsample.down.res_down_{i}.proj.1.weight" in state_dict:
-        w = state_dict[f"downsample.down.res_down_{i}.proj.1.weight"]
-        if i == 0:
-            widths.append(int(w.shape[1]))
-        widths.append(int(w.shape[0]))
-        i += 1
-    if not widths:
-        raise KeyError("downsample.down.res_down_0.proj.1.weight")
-    return widths
 
 
 @register_segmenter
@@ -432,69 +275,3 @@ class CellposeSegmenter(Segmenter):
                                            cellprob_threshold=cellprob_threshold, interp=True, min_size=15,
                                            max_size_fraction=0.4, niter=niter)
         return np.asarray(masks).squeeze().astype(np.int32, copy=False)
-
-
-def _cell_probability(labels: np.ndarray, flows) -> dict[int, float] | None:
-    """Mean sigmoid(cellprob) per object, or None when Cellpose did not return the map."""
-    try:
-        cellprob = np.asarray(flows[2], dtype=np.float32)
-    except (IndexError, TypeError):
-        return None
-    if cellprob.shape != labels.shape:
-        return None
-    ids = np.unique(labels)
-    ids = ids[ids > 0]
-    if ids.size == 0:
-        return {}
-    from scipy import ndimage
-
-    prob = 1.0 / (1.0 + np.exp(-np.clip(cellprob, -80, 80)))
-    means = ndimage.mean(prob, labels=labels, index=ids)
-    return {int(i): float(m) for i, m in zip(ids, means)}
-
-
-def _flow_error(labels: np.ndarray, flows, device=None) -> dict[int, float] | None:
-    """Cellpose's own quality measure per object, or None when it cannot be computed.
-
-    ``cellpose.metrics.flow_error``: the mean squared difference between the
-    flows the network predicted (``flows[1] / 5``, unit vectors at full
-    strength) and the flows of the object's final mask (what Cellpose's
-    ``flow_threshold`` removes objects by, measured here on the returned
-    masks). It only reads the labels. 0 = the mask is the shape the network's
-    flows describe; 2 = unrelated directions (for unit vectors the error is
-    2 - 2 cos(angle)).
-    """
-    try:
-        import torch
-        from cellpose import metrics
-
-        dP = np.asarray(flows[1], dtype=np.float32)
-        if dP.ndim != 3 or dP.shape[1:] != labels.shape or labels.max() == 0:
-            return {} if labels.max() == 0 else None
-        errors, _ = metrics.flow_error(np.ascontiguousarray(labels), dP,
-                                       device if device is not None else torch.device("cpu"))
-    except Exception:  # noqa: BLE001 - a Cellpose version without it, an odd output: no flow error
-        return None
-    present = np.unique(labels)
-    return {int(i): float(errors[i - 1]) for i in present[present > 0] if np.isfinite(errors[i - 1])}
-
-
-#: flow error at which an object's flow agreement reaches 0: Cellpose's default ``flow_threshold``
-FLOW_ERROR_SCALE = 0.4
-
-
-def _confidence(prob: dict[int, float] | None, errors: dict[int, float] | None) -> dict[int, float] | None:
-    """Per object: mean cell probability x flow agreement ``clip(1 - flow_error / 0.4, 0, 1)``, in [0, 1].
-
-    Objects without a flow error (not computable) keep the cell probability alone; None when
-    Cellpose gave no cell probability map. See the module docstring for why both.
-    """
-    if prob is None:
-        return None
-    errors = errors or {}
-    out = {}
-    for i, p in prob.items():
-        e = errors.get(i)
-        agree = 1.0 if e is None else min(max(1.0 - e / FLOW_ERROR_SCALE, 0.0), 1.0)
-        out[i] = float(min(max(p, 0.0), 1.0) * agree)
-    return out

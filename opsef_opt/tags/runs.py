@@ -20,7 +20,7 @@ from typing import Iterator
 
 from mlflow import MlflowClient
 
-from opsef_opt.config import TAGS
+from opsef_opt.settings import TAGS
 from opsef_opt.track.names import stage_of, trial_name
 
 __all__ = ["QUALITY_TAG", "NOTE_TAG", "BETTER_TAG", "SAME_TAG", "TrialRun", "normalize_tag", "set_quality",

@@ -19,7 +19,8 @@ from mlflow.entities import Metric, Param, RunTag
 from opsef_opt.backends import ensure_sqlite, quiet_db_logs, sqlite_path
 from opsef_opt.track.names import stage_of, trial_name
 
-__all__ = ["Tracker", "metric_name", "tracking_client", "relocate_artifacts", "EXPERIMENT_KIND"]
+__all__ = ["Tracker", "metric_name", "tracking_client", "relocate_artifacts", "mark_interrupted",
+           "EXPERIMENT_KIND"]
 
 log = logging.getLogger("opsef_opt")
 
@@ -142,6 +143,36 @@ class Tracker:
         if tags:
             self.log(run_id, tags=tags)
         self.client.set_terminated(run_id, status=status)
+
+    def log_file(self, run_id: str, path: Path, artifact_path: str | None = None) -> None:
+        """Store one file (a contact sheet, ``best.yaml``, a plot) with the run."""
+        self.client.log_artifact(run_id, str(path), artifact_path)
+
+    def log_image(self, run_id: str, image: Any, key: str) -> None:
+        """A keyed image (MLflow's image charts compare the same key across runs)."""
+        self.client.log_image(run_id, image, key=key, step=0)
+
+    def trial_runs(self, study_prefix: str) -> list:
+        """Every completed trial run of the study's stages, with its tag (:func:`opsef_opt.tags.trial_runs`)."""
+        from opsef_opt.tags.runs import trial_runs
+
+        return trial_runs(self.client, self.experiment_id, study_prefix)
+
+    def running_trial_runs(self, study_name: str) -> set[str]:
+        """Ids of the stage's runs still marked RUNNING (a killed process did not finish recording them)."""
+        runs = self.client.search_runs(
+            [self.experiment_id],
+            filter_string=f"attributes.status = 'RUNNING' and tags.`optuna.study` = '{study_name}'",
+            max_results=1000,
+        )
+        return {r.info.run_id for r in runs}
+
+
+def mark_interrupted(tracking_uri: str, run_id: str) -> None:
+    """Close the run of a trial whose process died (no heartbeat): status KILLED, ``opsef.status`` interrupted."""
+    client = MlflowClient(tracking_uri)
+    client.set_tag(run_id, "opsef.status", "interrupted")
+    client.set_terminated(run_id, "KILLED")
 
 
 def relocate_artifacts(tracking_uri: str, artifact_root: Path, location: str | None = None) -> int:

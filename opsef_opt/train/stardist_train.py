@@ -131,11 +131,23 @@ def train_stardist(
 
     Examples
     --------
-    >>> from stardist.data import test_image_nuclei_2d              # doctest: +SKIP
-    >>> img, lbl = test_image_nuclei_2d(return_mask=True)           # doctest: +SKIP
-    >>> folder = train_stardist([img[:256]], [lbl[:256]], "models") # doctest: +SKIP
-    >>> from opsef_opt.segment import load_segmenter                # doctest: +SKIP
-    >>> model = load_segmenter("stardist", model=str(folder))       # doctest: +SKIP
+    Two training steps on a 128 x 128 crop only show the calls (a usable
+    model needs the default length and more of the image):
+
+    >>> import tempfile
+    >>> from stardist.data import test_image_nuclei_2d
+    >>> img, lbl = test_image_nuclei_2d(return_mask=True)
+    >>> img, lbl = img[:128, :128], lbl[:128, :128]
+    >>> out = tempfile.TemporaryDirectory()
+    >>> folder = train_stardist([img], [lbl], out.name, epochs=1, steps_per_epoch=2,
+    ...                         optimize_thresholds=False)
+    >>> folder.name
+    'tiny'
+    >>> from opsef_opt.segment import load_segmenter
+    >>> model = load_segmenter("stardist", model=str(folder))
+    >>> model.segment(img / img.max()).labels.shape
+    (128, 128)
+    >>> out.cleanup()
     """
     imgs, lbls = _check(images, labels, "images/labels")
     if (val_images is None) != (val_labels is None):
