@@ -56,7 +56,9 @@ class PipelineResult:
     """What one run of a pipeline gives: the labels and what they were computed from.
 
     ``labels`` lie on the grid of ``input`` (the image after reshaping);
-    ``image`` is the preprocessed image the model saw (axes ``axes``).
+    ``image`` is the preprocessed image the model saw (axes ``axes``);
+    ``confidence`` the model's per-object confidence and ``extra`` its
+    intermediate arrays (e.g. a U-Net's probability map), when it gives them.
     """
 
     labels: np.ndarray
@@ -65,6 +67,7 @@ class PipelineResult:
     input: np.ndarray
     input_axes: str
     confidence: dict[int, float] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -176,18 +179,41 @@ class Pipeline:
         return cls.from_dict(node, str(path))
 
     # ------------------------------------------------------------------ running
-    def reshaped(self, image: np.ndarray, axes: str, labels: bool = False) -> np.ndarray:
-        """``image`` binned and scaled as the study's images were (tiles and z-blocks cut datasets, not arrays)."""
+    # run = prepare -> preprocess -> segment. Every caller goes through these methods: the search
+    # (per item, with its caches), the stability proxy's re-runs, the apply mode's tiles, notebooks.
+    # The study's items (``load_items``) and the apply mode's sources (``list_sources``) are read
+    # prepared already (binned and scaled by the same ``rescale_float`` + ``io.reshape.resize``,
+    # before tiles and Z blocks are cut), so those callers start at :meth:`preprocess`; an array as
+    # recorded starts at :meth:`prepare` (or :meth:`run`), so the reshape happens exactly once.
+
+    def prepare(self, image: np.ndarray, axes: str | None = None) -> tuple[np.ndarray, str]:
+        """``image`` as the study's images were read: (binned and scaled array, its axes).
+
+        Axes are guessed when not given (:func:`guess_axes`) and checked; a
+        float image is first rescaled into [0, 1] (as images are read), then
+        binned and scaled by :attr:`reshape`. Tiling and Z blocks cut
+        datasets, not arrays: a pipeline runs on the array it is given.
+        """
+        from opsef_opt.io.dataset import rescale_float
         from opsef_opt.io.reshape import resize
 
-        return resize(image, axes, self.reshape.bin, self.reshape.scale, labels=labels)
+        image = np.asarray(image)
+        axes = axes or guess_axes(image)
+        if len(axes) != image.ndim:
+            raise ValueError(f"axes {axes!r} do not match an image with {image.ndim} dimensions {image.shape}")
+        return resize(rescale_float(image), axes, self.reshape.bin, self.reshape.scale), axes
 
-    def preprocess(self, image: np.ndarray, axes: str) -> tuple[np.ndarray, str]:
-        """The preprocessing chain alone on an already reshaped image: (float32 image, its axes)."""
-        from opsef_opt.io.dataset import rescale_float
+    def preprocess(self, image: np.ndarray, axes: str,
+                   ranges: list[tuple[float, float] | None] | None = None,
+                   record: list[tuple[float, float]] | None = None) -> tuple[np.ndarray, str]:
+        """The preprocessing chain on a prepared image: (float32 image in [0, 1], its axes).
+
+        ``ranges`` / ``record``: the normalisations' value ranges to use / found
+        (:func:`opsef_opt.preprocess.run_chain`; the apply mode scales tiles like their image).
+        """
         from opsef_opt.preprocess import run_chain
 
-        return run_chain(rescale_float(np.asarray(image)), axes, self.steps)
+        return run_chain(image, axes, self.steps, ranges=ranges, record=record)
 
     def segmenter(self):
         """The model (loaded once per process and shared, as in the search)."""
@@ -195,16 +221,25 @@ class Pipeline:
 
         return load_segmenter(self.model.family, **self.model.init)
 
+    def segment(self, image: np.ndarray, axes: str, stats: dict[str, float] | None = None, lookup=None):
+        """The model with this pipeline's parameters on a preprocessed image: a :class:`Segmentation`.
+
+        ``stats``: image-wide model statistics (a tile of a larger image);
+        ``lookup(inference_params, compute)``: where the forward pass's raw
+        output comes from (the search's inference cache; see
+        :meth:`~opsef_opt.segment.base.Segmenter.cached_call`).
+        """
+        model = self.segmenter()
+        if lookup is None:
+            return model(image, axes, stats=stats, **self.model_params)
+        return model.cached_call(image, axes, lookup, stats=stats, **self.model_params)
+
     def run(self, image: np.ndarray, axes: str | None = None) -> PipelineResult:
         """Reshape, preprocess and segment ``image``; the labels and what they came from."""
-        image = np.asarray(image)
-        axes = axes or guess_axes(image)
-        if len(axes) != image.ndim:
-            raise ValueError(f"axes {axes!r} do not match an image with {image.ndim} dimensions {image.shape}")
-        data = self.reshaped(image, axes)
+        data, axes = self.prepare(image, axes)
         pre, pre_axes = self.preprocess(data, axes)
-        seg = self.segmenter()(pre, pre_axes, **self.model_params)
-        return PipelineResult(seg.labels, pre, pre_axes, data, axes, seg.confidence)
+        seg = self.segment(pre, pre_axes)
+        return PipelineResult(seg.labels, pre, pre_axes, data, axes, seg.confidence, seg.extra)
 
     def __call__(self, image: np.ndarray, axes: str | None = None) -> np.ndarray:
         """The int32 label image of ``image`` (on the reshaped grid; see :meth:`run` for more)."""

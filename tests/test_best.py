@@ -11,9 +11,7 @@ from PIL import Image as PILImage
 
 from opsef_opt.config import ConfigError
 from opsef_opt.figures.decision import SheetLayout
-from opsef_opt.preprocess import run_chain
 from opsef_opt.search.best import load_pipeline
-from opsef_opt.segment import load_segmenter
 
 from conftest import DEMO, TEST_CONF, run_cli
 
@@ -42,10 +40,11 @@ def test_best_yaml_reproduces_the_best_trial_and_plots_are_logged(tmp_path):
     client = MlflowClient(f"sqlite:///{tmp_path}/studies/mlflow.db")
     run = client.get_run(board.loc[0, "mlflow_run_id"])
     image = tifffile.imread(DEMO / "images" / "dsb2018_256.tif")
-    pre, axes = run_chain(image, "YX", pipeline.steps)
-    model = load_segmenter(pipeline.model.family, **pipeline.model.init)
-    labels = model(pre, axes, **pipeline.model_params).labels
+    labels = pipeline(image, "YX")  # the reshape the study searched with, the steps, the model
     assert labels.max() == run.data.metrics["dsb2018_256/n_objects"]
+    logged = tifffile.imread(client.download_artifacts(run.info.run_id, "images/dsb2018_256/labels.tif",
+                                                       str(tmp_path / "dl")))
+    np.testing.assert_array_equal(labels, logged)
 
     parent = client.get_run(run.data.tags["mlflow.parentRunId"])
     logged = {a.path for folder_ in ("best", "plots", "contact_sheet")

@@ -88,8 +88,10 @@ def test_short_study_completes_with_leaderboard_and_mlflow_runs(tmp_path):
     assert ((overlay == TP_RGB).all(-1)).sum() > 100  # true positives are drawn
     assert np.asarray(PILImage.open(local / "dsb2018_256" / "labels.png")).shape == (256, 256, 3)
     table = pd.read_csv(local / "mitocheck_hela" / "regions.csv")
-    assert {"label", "area", "centroid_y", "centroid_x", "perimeter", "eccentricity", "solidity",
-            "intensity_mean", "intensity_min", "intensity_max"} <= set(table.columns)
+    from opsef_opt.post.props import region_properties  # the apply mode's table: same columns
+
+    assert list(table.columns) == list(region_properties(np.zeros((4, 4), np.int32)).columns)
+    assert table["mean_intensity"].notna().all()
     assert len(table) == run.data.metrics["mitocheck_hela/n_objects"]
 
 

@@ -250,15 +250,16 @@ def test_a_family_without_the_split_still_runs_whole(image):
 
 
 def test_stability_runs_only_when_an_enabled_score_uses_it():
+    """Proxies of cost "model" (stability) get a re-segmenter only when an enabled score uses them."""
     from opsef_opt.config import score_spec
     from opsef_opt.score.objective import Objective
-    from opsef_opt.search.trial import _needs_stability
+    from opsef_opt.search.trial import _needs_model_runs
 
     default = score_spec({})
     assert default.weights["stability"] == 0.0
-    assert not _needs_stability(Objective(default, "gt_f1"))
-    assert not _needs_stability(Objective(default, "proxy"))
-    assert _needs_stability(Objective(default, "tags"))
-    assert _needs_stability(Objective(default, "proxy.stability"))
+    assert not _needs_model_runs(Objective(default, "gt_f1"))
+    assert not _needs_model_runs(Objective(default, "proxy"))
+    assert _needs_model_runs(Objective(default, "tags"))
+    assert _needs_model_runs(Objective(default, "proxy.stability"))
     weighted = score_spec({"proxies": {"stability": {"weight": 0.5}}})
-    assert _needs_stability(Objective(weighted, "proxy"))
+    assert _needs_model_runs(Objective(weighted, "proxy"))

@@ -8,7 +8,8 @@ from PIL import Image
 from opsef_opt.figures.overlay import (
     FN_RGB, FP_RGB, HALO_RGB, OUTLINE_RGB, TP_RGB, UNJUDGED_RGB, label_rgb, match_objects,
 )
-from opsef_opt.track.artifacts import gt_overlay_rgb, overlay_rgb, region_table, write_image_artifacts
+from opsef_opt.post.props import region_properties
+from opsef_opt.track.artifacts import gt_overlay_rgb, overlay_rgb, write_image_artifacts
 
 
 def _case():
@@ -90,7 +91,7 @@ def test_written_artifacts_and_logged_mlflow_images(tmp_path):
     from opsef_opt.track import Tracker
 
     image, truth, pred = _case()
-    figures = write_image_artifacts(tmp_path / "img", pred, image, region_table(pred, image), truth)
+    figures = write_image_artifacts(tmp_path / "img", pred, image, region_properties(pred, raw=image), truth)
     for name in ("overlay.png", "labels.png", "labels.tif", "regions.csv"):
         assert (tmp_path / "img" / name).is_file(), name
     overlay = np.asarray(Image.open(tmp_path / "img" / "overlay.png"))
@@ -111,7 +112,7 @@ def test_written_artifacts_and_logged_mlflow_images(tmp_path):
         "images/cells__1/labels.png", "images/cells__1/overlay.png", "images/cells__1/labels.tif"}
     # keyed MLflow images (the image charts compare them across runs): each image's overlay
     keyed = sorted(p.split("/")[1].split("+")[0] for p in files if p.endswith(".png"))
-    assert keyed == ["overlay~cells _1"]
+    assert keyed == ["overlay~cells__1"]  # the artifact folder's name (safe_name)
     assert client.get_run(run_id).data.tags["mlflow.loggedImages"] == "True"
 
 
@@ -126,3 +127,27 @@ def test_overlay_on_rgb_and_bright_images_keeps_outlines_visible(scale):
     line = out == np.asarray(OUTLINE_RGB, np.uint8)
     halo = out == np.asarray(HALO_RGB, np.uint8)
     assert line.all(-1).any() and halo.all(-1).any()  # the dark halo separates the line from the background
+
+
+@pytest.mark.parametrize("width", [1, 2, 3])
+def test_outline_pixels_equal_scikit_image_boundaries_and_scipy_dilation(width):
+    """The array-shift outlines are exactly find_boundaries(inner) + binary_dilation, also enlarged and at borders."""
+    from scipy import ndimage as ndi
+    from skimage.segmentation import find_boundaries
+    from stardist.data import test_image_nuclei_2d
+
+    from opsef_opt.figures.overlay import _line_and_halo
+
+    _, nuclei = test_image_nuclei_2d(return_mask=True)
+    rng = np.random.default_rng(0)
+    cases = [nuclei, nuclei[:100, :37], np.repeat(np.repeat(nuclei[:96, :96], 4, 0), 4, 1),
+             (rng.random((50, 60)) > 0.5) * rng.integers(1, 5, (50, 60)), np.ones((9, 9), int)]
+    for labels in cases:
+        line = find_boundaries(labels, mode="inner")
+        if width > 1:
+            line = ndi.binary_dilation(line, iterations=width - 1) & (labels > 0)
+        halo = ndi.binary_dilation(line, structure=np.ones((3, 3), bool)) & ~line
+        ours = _line_and_halo(labels, width)
+        assert line.any() or not labels.any() or labels.min() == labels.max()
+        np.testing.assert_array_equal(ours[0], line)
+        np.testing.assert_array_equal(ours[1], halo)

@@ -44,6 +44,23 @@ def test_reshape_is_always_applied(image):
     np.testing.assert_array_equal(result.labels, Pipeline.from_dict(NODE)(bin_image(image, "YX", 2)))
 
 
+def test_prepared_items_run_through_preprocess_and_segment_reshape_once(image):
+    """The search's items are reshaped at load: preprocess + segment on them equals run on the file's array."""
+    from opsef_opt.config_images import images_spec
+    from opsef_opt.io.dataset import load_items
+
+    p = Pipeline.from_dict({**NODE, "reshape": {"bin": 2, "scale": 1.5}})
+    spec = images_spec("images", {"files": [str(DEMO / "images" / "dsb2018_256.tif")]}, DEMO)
+    (item,), problems = load_items(spec, p.reshape)
+    assert not problems
+    data, axes = p.prepare(image)
+    np.testing.assert_array_equal(item.data, data)
+    assert axes == item.axes == "YX"
+    labels = p.segment(*p.preprocess(item.data, item.axes)).labels
+    np.testing.assert_array_equal(labels, p(image))
+    assert labels.shape == item.data.shape != image.shape
+
+
 def test_yaml_round_trip_keeps_everything(tmp_path, image):
     p = Pipeline.from_dict({**NODE, "reshape": {"bin": 2, "scale": 1.5}})
     path = p.to_yaml(tmp_path / "p.yaml", provenance={"study": "x"}, header="a pipeline\nedit freely")

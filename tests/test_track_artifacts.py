@@ -2,11 +2,16 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 import tifffile
 from skimage.measure import regionprops_table
 
-from opsef_opt.track.artifacts import OUTLINE_RGB, eccentricity, overlay_rgb, region_table
+from opsef_opt.io.dataset import Item
+from opsef_opt.measure import eccentricity
+from opsef_opt.post.props import raw_intensity, region_properties
+from opsef_opt.search.trial import reference_intensities
+from opsef_opt.track.artifacts import OUTLINE_RGB, image_key, overlay_rgb, write_image_artifacts
 from opsef_opt.track.recorder import Recorder
 
 from conftest import shared
@@ -19,19 +24,47 @@ def test_eccentricity_matches_scikit_image(folder):
     np.testing.assert_allclose(eccentricity(labels, ref["label"]), ref["eccentricity"], atol=1e-9)
 
 
-def test_region_table_on_real_labels():
+def test_a_trials_region_table_is_the_apply_table(tmp_path):
+    """regions.csv of a trial: the apply mode's measurements, on the raw image (one table, one set of columns)."""
     labels = tifffile.imread(shared("gt", "dsb2018_256", "labels.tif")).astype(np.int32)
     image = tifffile.imread(shared("gt", "dsb2018_256", "image.tif"))
-    table = region_table(labels, image)
-    assert len(table) == len(np.unique(labels)) - 1
-    assert list(table.columns) == ["label", "area", "centroid_y", "centroid_x", "perimeter", "eccentricity",
-                                   "solidity", "intensity_mean", "intensity_min", "intensity_max"]
+    raw = raw_intensity(image, "YX", labels.shape)
+    write_image_artifacts(tmp_path / "img", labels, image, region_properties(labels, raw=raw))
+    table = pd.read_csv(tmp_path / "img" / "regions.csv")
+    apply = region_properties(labels, raw=raw_intensity(image, "YX"))  # what an apply tile measures
+    assert list(table.columns) == list(apply.columns) and len(table) == len(np.unique(labels)) - 1
+    pd.testing.assert_frame_equal(table, apply, check_dtype=False)
     one = table.iloc[0]
     mask = labels == one["label"]
     assert one["area"] == mask.sum()
-    assert one["intensity_max"] == image[mask].max()  # raw units, not rescaled
+    assert one["max_intensity"] == image[mask].max()  # raw units, not rescaled
     assert table["solidity"].between(0, 1).all() and table["eccentricity"].between(0, 1).all()
-    assert region_table(np.zeros((8, 8), np.int32), np.zeros((8, 8))).empty
+
+
+def test_raw_intensity_is_on_the_labels_grid():
+    rgb = np.arange(4 * 5 * 3, dtype=np.uint8).reshape(4, 5, 3)
+    np.testing.assert_array_equal(raw_intensity(rgb, "YXC"), rgb.mean(axis=-1).astype(np.float32))
+    stack = np.arange(2 * 4 * 5, dtype=np.uint16).reshape(2, 4, 5)
+    assert raw_intensity(stack, "ZYX").shape == (4, 5)  # 2D labels of a stack: Z planes averaged
+    assert raw_intensity(stack, "ZYX", (2, 4, 5)).shape == (2, 4, 5)  # 3D labels keep Z
+    assert raw_intensity(stack, "ZYX", (4, 5), planes=False) is None  # not on the labels' grid
+    assert raw_intensity(stack, "ZYX", (3, 3)) is None
+    # the proxies' reference: the same image, normalised; a projection falls back to the image the model saw
+    item = Item("s", "s", stack, "ZYX", None, "s", "fp")
+    shown = np.full((4, 5), 0.5, np.float32)
+    shown[0, 0] = 1.0
+    np.testing.assert_array_equal(reference_intensities(item, (4, 5), shown), (shown - 0.5) / 0.5)
+    ref = reference_intensities(item, (2, 4, 5), shown)
+    assert ref.min() == 0 and ref.max() == 1 and ref.shape == (2, 4, 5)
+
+
+def test_one_safe_name_for_artifacts_apply_outputs_and_keys():
+    from opsef_opt.batch.naming import safe_name as batch_safe_name
+    from opsef_opt.io.naming import safe_name
+
+    assert batch_safe_name is safe_name
+    assert safe_name("cells.lif/Series 3/z000-009") == "cells.lif__Series_3__z000-009"
+    assert image_key("overlay", "cells.lif/Series 3") == "overlay/cells.lif__Series_3"
 
 
 def test_overlay_draws_outlines_at_full_resolution():

@@ -1,10 +1,6 @@
-"""File names for images' outputs: image names may hold '/' (LIF series, tiles)."""
+"""File names for images' outputs (kept here for existing imports; the function is :mod:`opsef_opt.io.naming`'s)."""
 from __future__ import annotations
 
+from opsef_opt.io.naming import safe_name
+
 __all__ = ["safe_name"]
-
-
-def safe_name(name: str) -> str:
-    """A file-system safe stem for an image name: '/' becomes '__', other odd characters '_'."""
-    name = name.replace("/", "__")
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)

@@ -14,10 +14,11 @@ import pandas as pd
 
 from opsef_opt.batch.source import Source
 from opsef_opt.batch.tiles import TileBox, keep_core
-from opsef_opt.search.space import Pipeline
+from opsef_opt.pipeline import Pipeline
+from opsef_opt.post.props import raw_intensity, region_properties
 
 __all__ = ["TileResult", "ImageStats", "WindowStats", "segment_window", "segment_labels", "window_stats", "warm_up",
-           "merge_stats"]
+           "merge_stats", "raw_intensity"]
 
 
 @dataclass
@@ -54,12 +55,8 @@ class WindowStats:
 
 
 def _model_and_params(pipeline: Pipeline):
-    from opsef_opt.segment import load_segmenter
-
-    model = load_segmenter(pipeline.model.family, **pipeline.model.init)
-    full = {p.name: p.default for p in model.params}
-    full.update(pipeline.model_params)
-    return model, full
+    model = pipeline.segmenter()
+    return model, model.full_params(pipeline.model_params)
 
 
 def warm_up(pipeline: Pipeline, source: Source | None = None) -> str:
@@ -70,8 +67,6 @@ def warm_up(pipeline: Pipeline, source: Source | None = None) -> str:
     model's first run are ready before the first tile; throughput is then
     what a long run sustains, and the start-up is reported on its own.
     """
-    import opsef_opt.post.props  # noqa: F401  (measurements)
-
     model, _ = _model_and_params(pipeline)
     if source is not None:
         h, w = source.shape_yx
@@ -83,40 +78,26 @@ def warm_up(pipeline: Pipeline, source: Source | None = None) -> str:
 def segment_labels(pipeline: Pipeline, data: np.ndarray, axes: str, stats: ImageStats | None = None) -> np.ndarray:
     """Preprocess ``data`` and segment it with the pipeline's model: 2D int32 labels.
 
-    With ``stats`` (a tile of a larger image) the chain and the model use
-    the whole image's ranges and statistics instead of the tile's own.
+    ``data`` is a window of a :class:`Source`, which is read already binned and
+    scaled (the pipeline's reshape), so only :meth:`Pipeline.preprocess` and
+    :meth:`Pipeline.segment` run here. With ``stats`` (a tile of a larger image)
+    the chain and the model use the whole image's ranges and statistics
+    instead of the tile's own.
     """
-    from opsef_opt.preprocess import run_chain
-
-    image, out_axes = run_chain(data, axes, pipeline.steps, ranges=stats.ranges if stats else None)
-    model, _ = _model_and_params(pipeline)
-    labels = np.asarray(model(image, out_axes, stats=stats.model if stats else None,
-                              **pipeline.model_params).labels)
+    image, out_axes = pipeline.preprocess(data, axes, ranges=stats.ranges if stats else None)
+    labels = np.asarray(pipeline.segment(image, out_axes, stats=stats.model if stats else None).labels)
     if labels.ndim != 2:
         raise ValueError(f"the pipeline gives {labels.ndim}D labels; the apply mode tiles and stitches 2D label "
                          f"images (add a projection step for stacks)")
     return labels.astype(np.int32, copy=False)
 
 
-def raw_intensity(data: np.ndarray, axes: str) -> np.ndarray:
-    """The raw pixels objects are measured on: colours averaged, Z planes averaged (2D, float32)."""
-    data = np.asarray(data, np.float32)
-    if "C" in axes:
-        data = data.mean(axis=axes.index("C"))
-        axes = axes.replace("C", "")
-    if "Z" in axes:
-        data = data.mean(axis=axes.index("Z"))
-    return data
-
-
 def window_stats(source: Source, pipeline: Pipeline, box: TileBox, raw_range: tuple[float, float],
                  n_sample: int) -> WindowStats:
     """Preprocess one tile with the image's input range; record its ranges and a pixel sample."""
-    from opsef_opt.preprocess import run_chain
-
     data = source.read_window(box.window)
     record: list[tuple[float, float]] = []
-    image, axes = run_chain(data, source.axes, pipeline.steps, ranges=[raw_range], record=record)
+    image, axes = pipeline.preprocess(data, source.axes, ranges=[raw_range], record=record)
     model, params = _model_and_params(pipeline)
     values = np.asarray(model.stats_input(image, **params), np.float32)
     y0, y1, x0, x1 = box.core
@@ -145,8 +126,6 @@ def merge_stats(pipeline: Pipeline, parts: list[WindowStats], raw_range: tuple[f
 def segment_window(source: Source, pipeline: Pipeline, box: TileBox, quantify: tuple[int, ...] = (),
                    stats: ImageStats | None = None) -> TileResult:
     """Segment ``box.window`` of ``source``; keep and measure the objects whose centroid is in ``box.core``."""
-    from opsef_opt.post.props import region_properties
-
     t0 = time.perf_counter()
     data = source.read_window(box.window)
     labels = segment_labels(pipeline, data, source.axes, stats)

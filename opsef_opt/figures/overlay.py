@@ -20,8 +20,6 @@ from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, ImageDraw
-from scipy import ndimage as ndi
-from skimage.segmentation import find_boundaries
 
 __all__ = ["OUTLINE_RGB", "HALO_RGB", "TP_RGB", "FP_RGB", "FN_RGB", "UNJUDGED_RGB", "TRUTH_RGB",
            "Match", "match_objects", "to_uint8", "draw_outlines", "outline_rgb", "truth_overlay",
@@ -87,12 +85,44 @@ def enlarge(img8: np.ndarray, labels: np.ndarray | None, scale: int):
     return big, lab
 
 
+def _differs_from_neighbour(labels: np.ndarray) -> np.ndarray:
+    """Pixels with a 4-neighbour of another value (image borders count as the pixel itself)."""
+    out = np.zeros(labels.shape, bool)
+    for axis in range(labels.ndim):
+        a = [slice(None)] * labels.ndim
+        b = [slice(None)] * labels.ndim
+        a[axis], b[axis] = slice(1, None), slice(None, -1)
+        diff = labels[tuple(a)] != labels[tuple(b)]
+        out[tuple(a)] |= diff
+        out[tuple(b)] |= diff
+    return out
+
+
+def _grow(mask: np.ndarray, full: bool) -> np.ndarray:
+    """Binary dilation by one pixel: the 4-neighbourhood (``full=False``) or the 3 x 3 square."""
+    out = mask.copy()
+    for axis in range(mask.ndim):
+        a = [slice(None)] * mask.ndim
+        b = [slice(None)] * mask.ndim
+        a[axis], b[axis] = slice(1, None), slice(None, -1)
+        src = out if full else mask  # separable for the square, one step per axis for the cross
+        grown = src.copy() if full else out
+        grown[tuple(a)] |= src[tuple(b)]
+        grown[tuple(b)] |= src[tuple(a)]
+        out = grown
+    return out
+
+
 def _line_and_halo(labels: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]:
-    """Outline pixels (``width`` px inside each object) and the 1-px halo on both sides of them."""
-    line = find_boundaries(labels, mode="inner")
-    if width > 1:
-        line = ndi.binary_dilation(line, iterations=width - 1) & (labels > 0)
-    halo = ndi.binary_dilation(line, structure=np.ones((3, 3), bool)) & ~line
+    """Outline pixels (``width`` px inside each object) and the 1-px halo on both sides of them.
+
+    The same pixels as ``find_boundaries(mode="inner")`` and ``ndi.binary_dilation`` (tested), with
+    array shifts: outlines are drawn on enlarged images for every trial, where those cost ~25 ms each.
+    """
+    line = _differs_from_neighbour(labels) & (labels > 0)
+    for _ in range(width - 1):
+        line = _grow(line, full=False) & (labels > 0)
+    halo = _grow(line, full=True) & ~line
     return line, halo
 
 

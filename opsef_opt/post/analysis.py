@@ -11,7 +11,6 @@ instead of failing the run that called it.
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from opsef_opt.io.naming import safe_name
 from opsef_opt.post.props import INTENSITY_NAMES, SHAPE_NAMES
 
 __all__ = ["analysis_plots", "default_features", "MIN_OBJECTS"]
@@ -39,10 +39,6 @@ def default_features(table: pd.DataFrame) -> list[str]:
     named = [c for c in (*SHAPE_NAMES, *INTENSITY_NAMES) if c in table.columns]
     extra = [c for c in table.columns if "." in str(c) and str(c).endswith("_intensity")]
     return [c for c in (*named, *extra) if pd.api.types.is_numeric_dtype(table[c])]
-
-
-def _safe(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", str(name))
 
 
 def _check_columns(table: pd.DataFrame, names: Sequence[str], what: str) -> None:
@@ -207,7 +203,7 @@ def analysis_plots(
             log.info("analysis: scatter %s vs %s skipped: no object has both values", x, y)
             continue
         col = colour_all[ok] if colour_all is not None else None
-        paths.append(_plot(folder / f"scatter_{_safe(x)}_vs_{_safe(y)}.png", xy[x].to_numpy()[ok],
+        paths.append(_plot(folder / f"scatter_{safe_name(x)}_vs_{safe_name(y)}.png", xy[x].to_numpy()[ok],
                            xy[y].to_numpy()[ok], x, y, f"{y} vs {x}", col, colour_name))
 
     want = [name for name, on in (("pca", pca), ("tsne", tsne)) if on]

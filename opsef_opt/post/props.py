@@ -15,12 +15,11 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
-from scipy import ndimage as ndi
 from skimage.measure import regionprops_table
 
 from opsef_opt.measure import axis_lengths, eccentricity, perimeter_crofton
 
-__all__ = ["region_properties", "PROPERTY_NAMES", "SHAPE_NAMES", "INTENSITY_NAMES"]
+__all__ = ["region_properties", "raw_intensity", "PROPERTY_NAMES", "SHAPE_NAMES", "INTENSITY_NAMES"]
 
 #: shape measurements (pixel units); the default features of the analysis plots
 SHAPE_NAMES = ("area", "perimeter", "circularity", "eccentricity", "solidity",
@@ -59,6 +58,33 @@ def _check_labels(labels: np.ndarray) -> np.ndarray:
     if labels.dtype == np.uint64:  # numpy's bincount (used for the vectorised measures) needs int64
         labels = labels.astype(np.int64)
     return labels
+
+
+def raw_intensity(data: np.ndarray, axes: str, shape: Sequence[int] | None = None,
+                  planes: bool = True) -> np.ndarray | None:
+    """The raw pixels objects are measured on: float32 in the image's own units, colours averaged.
+
+    The one "raw image of a result" of the package: the apply mode measures
+    on it, a trial's ``regions.csv`` too, and the search's intensity proxies
+    on it normalised (:func:`opsef_opt.search.trial.reference_intensities`).
+
+    ``shape`` is the labels' shape (None: 2D labels). With ``planes``, a stack
+    measured with 2D labels (a projection pipeline) is measured on the mean
+    of its Z planes; 3D labels keep Z. Returns None when the result is not on
+    the labels' grid (a step changed the geometry).
+
+    >>> raw_intensity(np.ones((2, 4, 4, 3), np.uint8), "ZYXC").shape
+    (4, 4)
+    """
+    data = np.asarray(data)
+    if "C" in axes:
+        data = data.mean(axis=axes.index("C"))  # numpy's own precision (float64 for integers), then float32
+        axes = axes.replace("C", "")
+    if planes and "Z" in axes and (shape is None or len(shape) == data.ndim - 1):
+        data = data.mean(axis=axes.index("Z"))
+    if shape is not None and data.shape != tuple(shape):
+        return None
+    return np.asarray(data, np.float32)
 
 
 def _intensity_image(raw: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:

@@ -58,7 +58,9 @@ class Proxy:
     ``func(result: ImageResult, **options) -> {name: value, "name.detail": ...}``;
     ``weight`` is its default weight in the combined proxy score, ``params``
     declares its options (validated from ``study.score.proxies.<name>``), and
-    ``cost`` is ``"cheap"`` or ``"model"`` (it runs the pipeline again).
+    ``cost`` is ``"cheap"`` or ``"model"`` (it runs the pipeline again, through
+    ``ImageResult.segment``; the search provides that function only when a
+    ``"model"`` proxy is enabled, so such proxies cost nothing otherwise).
     """
 
     name: str

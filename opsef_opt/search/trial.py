@@ -14,19 +14,21 @@ import optuna
 import pandas as pd
 
 from opsef_opt.io.dataset import Item
-from opsef_opt.preprocess import run_chain
-from opsef_opt.preprocess.cache import PreprocessCache, cache_key
+from opsef_opt.io.naming import safe_name
+from opsef_opt.pipeline import Pipeline
+from opsef_opt.post.props import raw_intensity, region_properties
 from opsef_opt.preprocess import normalize01
-from opsef_opt.score import ImageResult
+from opsef_opt.preprocess.cache import PreprocessCache, cache_key
+from opsef_opt.score import PROXIES, ImageResult
 from opsef_opt.score.objective import Objective
 from opsef_opt.search.budget import over_budget
 from opsef_opt.search.pool import ConsensusPool, LabelStore
 from opsef_opt.search.segcache import SegmentCache, segment_key
 from opsef_opt.search.infercache import InferenceCache, inference_key
-from opsef_opt.search.space import Pipeline, suggest_pipeline
+from opsef_opt.search.space import suggest_pipeline
 from opsef_opt.config import SearchSpec
-from opsef_opt.segment import load_segmenter, model_cache_info
-from opsef_opt.track import Tracker, region_table, write_image_artifacts
+from opsef_opt.segment import model_cache_info
+from opsef_opt.track import Tracker, write_image_artifacts
 from opsef_opt.track.recorder import Recorder
 from opsef_opt.search import attrs as A
 
@@ -64,10 +66,6 @@ class TrialContext:
     inference: InferenceCache | None = None
 
 
-def _safe(name: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
-
-
 @dataclass
 class ImageOutput:
     """What a trial produced for one item, kept until it is recorded."""
@@ -75,7 +73,7 @@ class ImageOutput:
     name: str
     labels: np.ndarray
     shown: np.ndarray  # the preprocessed image the model saw (overlay background)
-    raw: np.ndarray  # the image intensities are measured on
+    raw: np.ndarray | None  # the image intensities are measured on (raw_intensity; None: not on the labels' grid)
     metrics: dict[str, float] = field(default_factory=dict)
     #: the item's ground-truth labels, when it has them (overlays then colour TP / FP / misses)
     truth: np.ndarray | None = None
@@ -86,15 +84,14 @@ class ImageOutput:
 def reference_intensities(item: Item, shape: tuple[int, ...], shown: np.ndarray) -> np.ndarray:
     """The raw image as float32 in [0, 1], channels averaged, on the labels' grid.
 
-    Intensity proxies (boundary contrast) measure every candidate on this same
-    image, so a preprocessing that boosts contrast does not score itself. When
-    the pipeline changes the geometry (a projection), the preprocessed image
-    is the only one on the labels' grid and is used instead.
+    :func:`~opsef_opt.post.props.raw_intensity` normalised. Intensity proxies
+    (boundary contrast) measure every candidate on this same image, so a
+    preprocessing that boosts contrast does not score itself. When the
+    pipeline changes the geometry (a projection), the preprocessed image is
+    the only one on the labels' grid and is used instead.
     """
-    data = item.data
-    if "C" in item.axes:
-        data = data.mean(axis=item.axes.index("C"))
-    if data.shape != tuple(shape):
+    data = raw_intensity(item.data, item.axes, shape, planes=False)
+    if data is None:
         data = shown.mean(axis=-1) if shown.ndim == len(shape) + 1 else shown
     return normalize01(np.asarray(data, np.float32))
 
@@ -118,10 +115,12 @@ def _lookup(ctx: TrialContext, model, pipeline: Pipeline, preprocess_key: str, c
 
 
 class _Resegment:
-    """The trial's whole pipeline as a function of the input array (for the stability proxy).
+    """The trial's whole pipeline as a function of the input array (for proxies of cost ``"model"``: stability).
 
-    Called with ``perturbation=<name and settings>`` (the stability proxy does), the forward pass
-    on that perturbed input is cached under the image's inference key plus the perturbation.
+    The input is shaped like the item's data (prepared: reshaped at load), so it runs
+    :meth:`Pipeline.preprocess` and :meth:`Pipeline.segment`. Called with
+    ``perturbation=<name and settings>`` (the stability proxy does), the forward pass on that
+    perturbed input is cached under the image's inference key plus the perturbation.
     """
 
     accepts_perturbation = True
@@ -132,27 +131,26 @@ class _Resegment:
         self.preprocess_key, self.counts = preprocess_key, counts
 
     def __call__(self, source: np.ndarray, perturbation: str | None = None) -> np.ndarray:
-        image, out_axes = run_chain(source, self.axes, self.pipeline.steps)
-        params = self.pipeline.model_params
+        image, out_axes = self.pipeline.preprocess(source, self.axes)
         if perturbation is None:
             if self.model.has_network:
                 self.counts["forward_passes"] += 1
-            return self.model(image, out_axes, **params).labels
+            return self.pipeline.segment(image, out_axes).labels
         lookup = _lookup(self.ctx, self.model, self.pipeline, self.preprocess_key, self.counts, perturbation)
-        return self.model.cached_call(image, out_axes, lookup, **params).labels
+        return self.pipeline.segment(image, out_axes, lookup=lookup).labels
 
 
-def _needs_stability(objective: Objective) -> bool:
-    """Whether any enabled score uses the stability proxy (else its perturbed model runs are skipped).
+def _needs_model_runs(objective: Objective) -> bool:
+    """Whether an enabled score uses a proxy that runs the pipeline again (cost ``"model"``, e.g. stability).
 
-    Enabled: a non-zero weight, the gate, an objective of ``proxy.stability``, or an objective
-    scored by tags (the tag model takes every proxy as a feature).
+    Else the trial gives no re-segmenter and those proxies are NaN: their extra model runs are
+    skipped. Enabled: a non-zero weight, the gate, an objective of ``proxy.<name>``, or an
+    objective scored by tags (the tag model takes every proxy as a feature).
     """
     spec = objective.spec
-    if "stability" not in {p.name for p in spec.proxies}:
-        return False
-    return (bool(spec.weights.get("stability")) or spec.gate == "stability"
-            or objective.name.startswith("proxy.stability") or objective.uses_tags)
+    dear = [p.name for p in spec.proxies if PROXIES.get(p.name).cost == "model"]
+    return any(bool(spec.weights.get(name)) or spec.gate == name or objective.name.startswith(f"proxy.{name}")
+               or objective.uses_tags for name in dear)
 
 
 def evaluate(ctx: TrialContext, pipeline: Pipeline, number: int | None = None,
@@ -164,7 +162,7 @@ def evaluate(ctx: TrialContext, pipeline: Pipeline, number: int | None = None,
     receives the objective over the images done so far after each image but
     the last, and may stop the trial (pruning).
     """
-    model = load_segmenter(pipeline.model.family, **pipeline.model.init)
+    model = pipeline.segmenter()
     t = dict(time_preprocess_s=0.0, time_segment_s=0.0, time_score_s=0.0)
     outputs: list[ImageOutput] = []
     results: list[ImageResult] = []
@@ -172,19 +170,20 @@ def evaluate(ctx: TrialContext, pipeline: Pipeline, number: int | None = None,
         ctx.pool.refresh()
     reused = 0
     counts = {"forward_passes": 0, "inference_reused": 0}
-    stability = _needs_stability(ctx.objective)
+    rerun = _needs_model_runs(ctx.objective)
     for item in ctx.items:
         ctx.check_stop()
         t0 = time.perf_counter()
         key = cache_key(item.fingerprint, pipeline.steps)
-        image, axes = ctx.cache.get(key, lambda: run_chain(item.data, item.axes, pipeline.steps))
+        # items are prepared (reshaped) at load: the pipeline's reshape is not applied again here
+        image, axes = ctx.cache.get(key, lambda: pipeline.preprocess(item.data, item.axes))
         t1 = time.perf_counter()
         lookup = _lookup(ctx, model, pipeline, key, counts)
 
         def run_model():
             if model.has_network and not model.splits:  # a family that only implements segment: run whole
                 counts["forward_passes"] += 1
-            return model.cached_call(image, axes, lookup, **pipeline.model_params)
+            return pipeline.segment(image, axes, lookup=lookup)
 
         if ctx.segments is not None:
             seg, was_reused = ctx.segments.get(
@@ -199,8 +198,7 @@ def evaluate(ctx: TrialContext, pipeline: Pipeline, number: int | None = None,
             seg.labels, image, item.truth, raw=ctx.references[item.name], confidence=seg.confidence,
             consensus=ctx.pool.consensus(item.name, number) if ctx.pool is not None else None,
             source=item.data, source_axes=item.axes,
-            segment=_Resegment(ctx, model, pipeline, item.axes, key, counts)
-            if stability else None,
+            segment=_Resegment(ctx, model, pipeline, item.axes, key, counts) if rerun else None,
         )
         values = ctx.objective.image_metrics(result)
         t3 = time.perf_counter()
@@ -209,7 +207,7 @@ def evaluate(ctx: TrialContext, pipeline: Pipeline, number: int | None = None,
         n = int(seg.labels.max())
         values.update(n_objects=n, mean_object_area=float(np.count_nonzero(seg.labels)) / max(n, 1))
         results.append(result)
-        raw = item.data if item.axes == "YX" and item.data.shape == seg.labels.shape else image
+        raw = raw_intensity(item.data, item.axes, seg.labels.shape) if ctx.log_artifacts else None
         outputs.append(ImageOutput(item.name, seg.labels, image, raw, values, truth=item.truth,
                                    sparse=ctx.objective.sparse))
         if report is not None and len(outputs) < len(ctx.items):
@@ -240,6 +238,9 @@ def evaluate(ctx: TrialContext, pipeline: Pipeline, number: int | None = None,
 def record_trial(tracker: Tracker, run_id: str, outputs: list[ImageOutput], metrics: dict[str, float]) -> None:
     """Write each image's overlay, labels and region table, log them with the metrics, close the run.
 
+    The region table is the apply mode's (:func:`~opsef_opt.post.props.region_properties`, on the
+    raw image); each image's files go to ``images/<safe_name(image)>/``.
+
     Each image's overlay is also logged as an MLflow image (key
     ``overlay/<image>``, step 0), which MLflow's image charts show side by side
     across runs; the colour-coded ``labels.png`` is a plain artifact (an MLflow
@@ -252,15 +253,14 @@ def record_trial(tracker: Tracker, run_id: str, outputs: list[ImageOutput], metr
         with tempfile.TemporaryDirectory(prefix="opsef-trial-") as tmp:
             figures = {}
             for o in outputs:
-                figures[o.name] = write_image_artifacts(Path(tmp) / _safe(o.name), o.labels, o.shown,
-                                                        region_table(o.labels, o.raw), o.truth, o.sparse)
+                figures[o.name] = write_image_artifacts(Path(tmp) / safe_name(o.name), o.labels, o.shown,
+                                                        region_properties(o.labels, raw=o.raw), o.truth, o.sparse)
             table = pd.DataFrame([{"image": o.name, **o.metrics} for o in outputs])
             table.to_csv(Path(tmp) / "metrics_per_image.csv", index=False)
             tracker.log_folder(run_id, Path(tmp), "images")
         try:  # a figure must never cost the run its metrics
             for name, rgbs in figures.items():
-                tracker.client.log_image(run_id, rgbs["overlay"], key=image_key("overlay", name), step=0,
-                                         synchronous=True)
+                tracker.log_image(run_id, rgbs["overlay"], key=image_key("overlay", name))
         except Exception as e:
             import logging
 

@@ -55,7 +55,11 @@ class Segmentation:
     labels : int32 array (0 = background), same Y, X shape as the input.
     confidence : optional per-object confidence keyed by label id (e.g.
         StarDist object probabilities), kept for scoring.
-    extra : optional model-specific arrays (e.g. a probability map).
+    extra : optional model-specific arrays and values (e.g. a U-Net's
+        probability map, StarDist's thresholds), for inspection:
+        :meth:`Pipeline.run <opsef_opt.pipeline.Pipeline.run>` hands them
+        on as ``PipelineResult.extra``. Scores do not read them and the
+        search's segmentation cache does not keep them.
     """
 
     labels: np.ndarray

@@ -1,32 +1,27 @@
 """Files a user keeps for each segmented image: overlay PNG, label TIFF and PNG, region table.
 
 Pure functions (array in, array/table out) plus thin writers, so the apply
-mode and notebooks produce exactly what the study logged. Outlines, their
+mode and notebooks produce exactly what the study logged. The region table is
+the apply mode's (:func:`opsef_opt.post.props.region_properties`), so a
+trial's ``regions.csv`` and an apply run's have the same columns and values. Outlines, their
 halo and the ground-truth colours are described in :mod:`opsef_opt.figures.overlay`.
 """
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import tifffile
 from PIL import Image as PILImage
-from skimage.measure import regionprops_table
 
 from opsef_opt.figures.overlay import (
     FN_RGB, FP_RGB, OUTLINE_RGB, TP_RGB, UNJUDGED_RGB, display_scale, label_rgb, legend_strip, outline_rgb,
     truth_overlay,
 )
-from opsef_opt.measure import eccentricity
+from opsef_opt.io.naming import safe_name
 
-__all__ = ["overlay_rgb", "region_table", "eccentricity", "write_image_artifacts", "image_key", "OUTLINE_RGB",
-           "gt_overlay_rgb"]
-
-_PROPS = ("label", "area", "centroid", "perimeter", "solidity",
-          "intensity_mean", "intensity_min", "intensity_max")
-_RENAME = {"centroid-0": "centroid_y", "centroid-1": "centroid_x"}
+__all__ = ["overlay_rgb", "write_image_artifacts", "image_key", "OUTLINE_RGB", "gt_overlay_rgb"]
 
 
 def overlay_rgb(image: np.ndarray, labels: np.ndarray, color: tuple[int, int, int] = OUTLINE_RGB,
@@ -58,22 +53,6 @@ def gt_overlay_rgb(image: np.ndarray, labels: np.ndarray, truth: np.ndarray, spa
     return np.concatenate([rgb, legend_strip(rgb.shape[1], entries)], axis=0)
 
 
-def region_table(labels: np.ndarray, intensity: np.ndarray) -> pd.DataFrame:
-    """One row per object: label, area, centroid, perimeter, eccentricity, solidity, intensities.
-
-    Intensities are measured on ``intensity`` (the raw image when it is 2D,
-    so values are in the original units, else the preprocessed image).
-    """
-    if labels.max() == 0:
-        return pd.DataFrame(columns=[_RENAME.get(c, c) for c in
-                                     ("label", "area", "centroid-0", "centroid-1", "perimeter",
-                                      "eccentricity", "solidity", "intensity_mean", "intensity_min",
-                                      "intensity_max")])
-    table = pd.DataFrame(regionprops_table(labels, intensity_image=intensity, properties=_PROPS))
-    table.insert(5, "eccentricity", eccentricity(labels, table["label"].to_numpy()))
-    return table.rename(columns=_RENAME)
-
-
 def _plane(shown: np.ndarray, labels: np.ndarray, truth: np.ndarray | None):
     """2D views of a 3D result (its middle z plane) for the PNGs; 2D results as they are."""
     if labels.ndim != 3:
@@ -84,8 +63,9 @@ def _plane(shown: np.ndarray, labels: np.ndarray, truth: np.ndarray | None):
 
 
 def image_key(kind: str, name: str) -> str:
-    """MLflow image key of one image's figure, e.g. ``overlay/dsb2018_256`` (characters MLflow allows)."""
-    return f"{kind}/" + re.sub(r"[^A-Za-z0-9_\-. ]", "_", name)
+    """MLflow image key of one image's figure, e.g. ``overlay/dsb2018_256``: the image's :func:`safe_name`,
+    as its artifact folder (characters MLflow allows)."""
+    return f"{kind}/{safe_name(name)}"
 
 
 def write_image_artifacts(folder: Path, labels: np.ndarray, shown: np.ndarray, table: pd.DataFrame,

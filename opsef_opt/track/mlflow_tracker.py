@@ -148,9 +148,23 @@ class Tracker:
         """Store one file (a contact sheet, ``best.yaml``, a plot) with the run."""
         self.client.log_artifact(run_id, str(path), artifact_path)
 
-    def log_image(self, run_id: str, image: Any, key: str) -> None:
-        """A keyed image (MLflow's image charts compare the same key across runs)."""
-        self.client.log_image(run_id, image, key=key, step=0)
+    def log_image(self, run_id: str, image: Any, key: str, most: int = 512) -> None:
+        """A keyed image (MLflow's image charts compare the same key across runs), at most ``most`` px.
+
+        An RGB array larger than ``most`` is shrunk by an integer factor (box
+        filter) first: the charts show 256-px thumbnails, and MLflow encodes
+        the image twice (PNG and a WebP thumbnail), which for an enlarged
+        768-px overlay took longer than drawing it. Full size is the run's
+        ``overlay.png`` artifact.
+        """
+        import numpy as np
+        from PIL import Image
+
+        pil = Image.fromarray(np.asarray(image))
+        factor = -(-max(pil.size) // most)
+        if factor > 1:
+            pil = pil.reduce(factor)
+        self.client.log_image(run_id, pil, key=key, step=0, synchronous=True)
 
     def trial_runs(self, study_prefix: str) -> list:
         """Every completed trial run of the study's stages, with its tag (:func:`opsef_opt.tags.trial_runs`)."""

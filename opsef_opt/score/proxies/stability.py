@@ -18,8 +18,10 @@ perturbed forward pass is cached like any other (per inference key and
 perturbation, :mod:`opsef_opt.search.infercache`), so trials that differ
 only in post-processing share it; and the search does not run this proxy
 at all unless an enabled score uses it (a weight > 0, the gate, the
-``proxy.stability`` objective, or a tag-scored objective; see
-``opsef_opt.search.trial._needs_stability``): its value is then NaN.
+``proxy.stability`` objective, or a tag-scored objective): it is registered
+with ``cost="model"``, and the search gives a re-segmenter only when such a
+proxy is enabled (``opsef_opt.search.trial._needs_model_runs``); its value
+is NaN otherwise.
 
 Perturbations (only along Y and X, so inputs with Z or RGB channels and
 pipelines that project Z to a 2D label image all work):
