@@ -25,6 +25,14 @@ def shared(*parts: str) -> Path:
     return path
 
 
+def copy_database(src: Path, dst: Path) -> None:
+    """Copy a live SQLite database (WAL mode: its newest pages are in ``<name>-wal`` until a checkpoint)."""
+    import sqlite3
+
+    with sqlite3.connect(src) as a, sqlite3.connect(dst) as b:
+        a.backup(b)
+
+
 def run_cli(*args: str, cwd: Path, timeout: float = 300, env: dict | None = None,
             input: str | None = None) -> subprocess.CompletedProcess:
     """Run ``python -m opsef_opt ARGS`` in a subprocess, as a user would (``input`` is typed on stdin)."""

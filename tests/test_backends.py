@@ -14,7 +14,7 @@ import optuna
 import pytest
 from mlflow import MlflowClient
 
-from conftest import TEST_CONF, run_cli
+from conftest import TEST_CONF, copy_database, run_cli
 from opsef_opt.backends import BackendError, check_storage, check_tracking, ensure_sqlite
 from opsef_opt.track import Tracker, tracking_client
 
@@ -91,7 +91,7 @@ def test_broken_database_holding_runs_is_left_alone(tmp_path):
     tracker = Tracker(f"sqlite:///{good}", tmp_path / "art", "exp")
     tracker.client.create_run(tracker.experiment_id)
     db = tmp_path / "mlflow.db"
-    db.write_bytes(good.read_bytes())
+    copy_database(good, db)  # a live WAL database: its newest pages are in good.db-wal, not in good.db yet
     con = sqlite3.connect(db)
     con.execute("drop table alembic_version")  # damaged, with a run in it
     con.commit()

@@ -226,12 +226,11 @@ def _store_template(tmp_path_factory):
 @pytest.fixture
 def store(_store_template, tmp_path):
     """A fresh copy of the template store for each test."""
-    import shutil
-
+    from conftest import copy_database
     from opsef_opt.track import tracking_client
 
     db, exp, ids = _store_template
-    shutil.copy(db, tmp_path / "mlflow.db")
+    copy_database(db, tmp_path / "mlflow.db")
     return tracking_client(f"sqlite:///{tmp_path}/mlflow.db"), exp, ids
 
 
