@@ -4,11 +4,14 @@ On the shared ground-truth images (DSB 2018 256x256, MitoCheck, StarDist's
 DSB 512x512), a space of 128 pipelines (16 preprocessings x 6 classical +
 2 U-Net settings) is first searched exhaustively (one grid stage). Then the
 staged search of the OpSeF paper runs with several seeds on the same study
-space: ``coarse`` = its own grid over 8 conceptually distinct
-preprocessings x a coarse model grid (24 pipelines), ``fine`` = TPE around
-coarse's top 5 (ranges widened to the study's neighbouring values, what
-coarse never tried kept as candidates, the top 5 evaluated first; their
-labels come from the segmentation cache, so they run no model). Printed: the
+space: ``coarse`` = its own grid over a quarter of the preprocessings (4:
+background x histogram, no denoising filter) x every model setting (32
+pipelines; post-processing settings are free once a network ran on an
+input), ``fine`` = TPE around coarse's top 5 (ranges widened to the study's
+neighbouring values, what coarse never tried kept as candidates, the top 5
+evaluated first; their labels come from the segmentation cache, so they run
+no model; then their post-processing neighbours, which reuse the cached
+network outputs, ``opsef_opt.search.derive.free_neighbours``). Printed: the
 network forward passes (each trial's ``forward_passes`` metric: one per
 distinct preprocessed image x model x inference parameters, the U-Net's
 settings differ only in post-processing so they share one) and the model
@@ -59,14 +62,10 @@ SPACE = {
         "unet": _unet([3, 6]),
     },
 }
-#: the coarse stage's own subset: 8 distinct preprocessings x 3 model settings = 24 pipelines
-COARSE = {
-    "preprocess": {"filter": ["none", {"name": "gaussian", "sigma": 1.0}]},
-    "models": {
-        "classical": {"params": {"threshold": ["otsu"], "min_distance": [3, 8]}},
-        "unet": _unet([3]),
-    },
-}
+#: the coarse stage's own subset: a quarter of the preprocessings (no denoising filter: background x histogram,
+#: 4 of 16) x every model setting (32 pipelines). Post-processing is free once a network ran on an input, so
+#: coarse subsets preprocessing only, never the models' settings; fine keeps the filters it never tried.
+COARSE = {"preprocess": {"filter": ["none"]}}
 
 
 #: images of the study (all three are training images)

@@ -25,6 +25,8 @@ REQUEUED_FROM = "requeued_from"
 #: "<stage>#<n>" of the earlier stage's trial it was handed over from, and that trial's score
 SOURCE_TRIAL = "source_trial"
 SOURCE_SCORE = "source_score"
+#: a refine stage's queued post-processing neighbour of an earlier stage's top pipeline (``stage#n``)
+NEIGHBOUR_OF = "neighbour_of"
 #: "tag" for a seeded trial whose value is an analyst's tag (else evaluated)
 VALUE_SOURCE = "value_source"
 TAG = "tag"

@@ -15,6 +15,13 @@ pipelines of another stage and either
 - ``top``: evaluate exactly those pipelines again, e.g. on all images, to
   see how the choice generalises.
 
+A ``refine`` stage spends its first trials where they cost no network
+forward pass (:func:`free_neighbours`): after the top-k, the pipelines that
+keep a top pipeline's preprocessing and network input and change one
+post-processing parameter (threshold, seed distance, NMS ...), whose raw
+model output is already cached; only then does its sampler explore new
+preprocessings, each of which costs a forward pass per network and image.
+
 The chosen source trials are recorded in the stage's study, so a resumed
 stage derives the same space even when the source stage has grown since.
 """
@@ -32,7 +39,7 @@ from opsef_opt.params import Param
 from opsef_opt.search.space import Pipeline, pipeline_from_params
 from opsef_opt.search import attrs as A
 
-__all__ = ["ranked_trials", "refine_space", "params_for"]
+__all__ = ["ranked_trials", "refine_space", "params_for", "top_pipelines", "free_neighbours", "post_params"]
 
 
 def ranked_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
@@ -199,3 +206,101 @@ def top_pipelines(source: optuna.Study, space: SearchSpec, numbers: list[int]) -
     """The pipelines of the given trials of ``source`` (built in the space they were searched in)."""
     by_number = {t.number: t for t in source.get_trials(deepcopy=False)}
     return [pipeline_from_params(space, by_number[n].params) for n in numbers]
+
+
+def post_params(model: ModelSpec) -> list[str]:
+    """The parameters of ``model`` searched in its space that act on the model's output only.
+
+    They change no forward pass (a family's ``inference_params`` do; a family
+    without a network has none, and one that does not split inference from
+    post-processing runs whole, so all its parameters count as inference).
+    """
+    from opsef_opt.segment import SEGMENTERS
+    from opsef_opt.segment.base import Segmenter
+
+    cls = SEGMENTERS.get(model.family)
+    splits = cls.infer is not Segmenter.infer and cls.postprocess is not Segmenter.postprocess
+    if cls.has_network and not splits:
+        return []
+    inference = set(cls.inference_params) if cls.has_network else set()
+    return [k for k in list(model.choices) + list(model.ranges) if k not in inference]
+
+
+def _snap(x: float, rng: Range, kind: str) -> float | int:
+    if rng.step:
+        x = rng.low + round((x - rng.low) / rng.step) * rng.step
+    x = min(max(x, rng.low), rng.high)
+    return int(round(x)) if kind == "int" else float(x)
+
+
+def _candidates(value: Any, rng: Range, kind: str) -> list:
+    """Values of a ranged parameter next to ``value``: the range's ends, then halfway to each end."""
+    if not isinstance(value, (int, float)):
+        return []
+    mid = [math.sqrt(value * end) if rng.log and value > 0 and end > 0 else (value + end) / 2
+           for end in (rng.low, rng.high)]
+    return [_snap(x, rng, kind) for x in (rng.low, rng.high, *mid)]
+
+
+def _identity(p: Pipeline) -> tuple:
+    defaults = {k: q.default for k, q in _model_params(p.model.family).items()}
+    params = {**defaults, **p.model_params}
+    return (repr(p.steps), p.model.label, repr(sorted(params.items(), key=lambda kv: kv[0])))
+
+
+def free_neighbours(top: list[Pipeline], space: SearchSpec, tried: list[Pipeline] = (),
+                    limit: int | None = None) -> list[tuple[int, dict[str, Any]]]:
+    """Pipelines next to the ``top`` ones that need no new forward pass, as ``(rank, Optuna params)``.
+
+    Each keeps a top pipeline's preprocessing, model and inference parameters
+    and changes one post-processing parameter (:func:`post_params`) within
+    ``space`` (the refined space): another of its choices, or for a range its
+    ends (the study's neighbouring values) and halfway to them. The raw model
+    output of the top pipeline is cached, so these only post-process again.
+    Best pipeline's neighbours first; the ``top`` pipelines themselves and
+    those in ``tried`` (the source stage's) are left out; at most ``limit``.
+    Deterministic: a function of its arguments only.
+    """
+    from opsef_opt.search.space import _param_kind
+
+    seen = {_identity(p) for p in list(top) + list(tried)}
+    models = {m.label: m for m in space.models}
+    out: list[tuple[int, dict[str, Any]]] = []
+    for rank, p in enumerate(top):
+        m = models.get(p.model.label)
+        if m is None:
+            continue
+        defaults = {k: q.default for k, q in _model_params(m.family).items()}
+        for k in post_params(m):
+            value = p.model_params.get(k, defaults.get(k))  # a parameter the source did not set ran at its default
+            if k in m.choices:
+                values = [v for v in m.choices[k] if v != value]
+            else:
+                values = _candidates(value, m.ranges[k], _param_kind(m.family, k))
+            for v in values:
+                q = replace(p, model=m, model_params={**p.model_params, k: v})
+                ident = _identity(q)
+                if ident in seen:
+                    continue
+                seen.add(ident)
+                if limit is not None and len(out) >= limit:
+                    return out
+                try:
+                    out.append((rank, params_for(q, space)))
+                except (StopIteration, KeyError):  # its preprocessing is not in the refined space
+                    continue
+    return out
+
+
+def neighbour_queue(source: optuna.Study, source_space: SearchSpec, space: SearchSpec, numbers: list[int],
+                    n_trials: int) -> list[tuple[int, dict[str, Any]]]:
+    """What a ``refine`` stage queues after the top-k: :func:`free_neighbours`, as ``(source trial, params)``.
+
+    At most half of the trials the stage has left after the top-k, so its
+    sampler keeps the other half to explore preprocessings around them.
+    """
+    top = top_pipelines(source, source_space, numbers)
+    done = [t.number for t in source.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
+    tried = top_pipelines(source, source_space, done)
+    limit = max(0, n_trials - len(numbers)) // 2
+    return [(numbers[r], params) for r, params in free_neighbours(top, space, tried, limit)]

@@ -169,6 +169,11 @@ def stage_space(settings: Settings, stage: StageSpec, study: optuna.Study, base:
             # where it comes from and how it scored there (the train score, for confirm stages)
             study.enqueue_trial(params, user_attrs={A.SOURCE_TRIAL: f"{stage.source}#{n}", "source_score": score},
                                 skip_if_exists=True)
+        if stage.space == "refine":  # then what reuses their cached network outputs: no forward pass
+            from opsef_opt.search.derive import neighbour_queue
+
+            for n, params in neighbour_queue(source, source_space, space, numbers, stage.n_trials):
+                study.enqueue_trial(params, user_attrs={A.NEIGHBOUR_OF: f"{stage.source}#{n}"}, skip_if_exists=True)
         study.set_user_attr(A.SOURCES_ENQUEUED, True)
         log.info("stage %s: starts from trials %s of stage %s (%s)", stage.name, numbers, stage.source, stage.space)
     return space, (len(numbers) if stage.space == "top" else None)
