@@ -58,7 +58,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import numpy as np
 import tifffile
@@ -92,6 +92,17 @@ class Candidate:
     @property
     def label(self) -> str:
         return f"{self.prep} | {self.model}"
+
+    @property
+    def pipeline(self):
+        """The candidate as the library's :class:`opsef_opt.pipeline.Pipeline` (how the bench runs it)."""
+        from opsef_opt.pipeline import Pipeline
+        from opsef_opt.settings import ModelSpec
+
+        model = ModelSpec(label=self.model, family=self.family, init=dict(self.init), fixed={}, choices={},
+                          ranges={})
+        return Pipeline(steps=tuple(self.steps), step_labels=tuple((slot, name) for slot, name, _ in self.steps),
+                        model=model, model_params=dict(self.params))
 
     @property
     def slug(self) -> str:

@@ -105,14 +105,13 @@ finally:
     sys.path.remove(_HERE)
 
 from opsef_opt.config import score_spec  # noqa: E402
-from opsef_opt.preprocess import normalize01, run_chain  # noqa: E402
+from opsef_opt.preprocess import normalize01  # noqa: E402
 from opsef_opt.score import PROXIES, ImageResult  # noqa: E402
 from opsef_opt.score.objective import Objective  # noqa: E402
 from opsef_opt.score.proxies import combine  # noqa: E402
 from opsef_opt.score.proxies.consensus import FAMILY_AGREEMENT  # noqa: E402
 from opsef_opt.search.pool import LabelStore  # noqa: E402
 from opsef_opt.search.rescore import final_scores  # noqa: E402
-from opsef_opt.segment import load_segmenter  # noqa: E402
 
 #: the weights the LODO grid varies (those registered), and the grid values
 GRID_PROXIES = ("shape", "consensus", "separation", "contrast", "confidence", "stability")
@@ -177,18 +176,18 @@ def segment_dataset(ds: Dataset, spec, rescore_only: bool, refresh: set[str]) ->
     misses = 0
     t0 = time.perf_counter()
     for k, cand in enumerate(ds.candidates):
-        init, params = dict(cand.init), dict(cand.params)
-        model = load_segmenter(cand.family, **init)
+        pipeline = cand.pipeline  # the library's one code path: preprocess, then the model call
+        model = pipeline.segmenter()
         network_cached = hasattr(model, "probability")  # U-Net: re-run post-processing from cached probabilities
         if network_cached:
             cache.memo_probability(model)
         per = []
         for i, (name, img, truth) in enumerate(ds.images):
-            image, axes = run_chain(img, ds.axes, cand.steps)
+            image, axes = pipeline.preprocess(img, ds.axes)
             entry = None if network_cached else cache.load(cand, keys[i])
             dirty = not cache.path(cand, keys[i]).is_file() if network_cached else entry is None
             if network_cached:
-                seg = model(image, axes, **params)  # the network output comes from the probability cache
+                seg = pipeline.segment(image, axes)  # the network output comes from the probability cache
                 stab = {}
             elif entry is not None:
                 seg = _Seg(entry["labels"], entry["confidence"], entry["extra"])
@@ -197,11 +196,11 @@ def segment_dataset(ds: Dataset, spec, rescore_only: bool, refresh: set[str]) ->
             elif rescore_only:
                 raise CacheMiss(f"{ds.name}: {cand.label} on {name} is not cached (run without --rescore-only)")
             else:
-                seg = model(image, axes, **params)
+                seg = pipeline.segment(image, axes)
                 stab = {}
                 cache.stats["run"] += 1
             n_stab = len(stab)
-            segment = _cached_segment(model, cand, ds.axes, params, stab, rescore_only and not network_cached)
+            segment = _cached_segment(pipeline, cand, ds.axes, stab, rescore_only and not network_cached)
             if i not in refs:
                 refs[i] = _reference(img, ds.axes, seg.labels.shape, image)
             result = dict(labels=seg.labels, image=image, truth=truth, raw=refs[i], confidence=seg.confidence,
@@ -246,20 +245,22 @@ def _extra_fields(seg) -> dict:
     return out
 
 
-def _cached_segment(model, cand: Candidate, axes: str, params: dict, stab: dict, rescore_only: bool
+def _cached_segment(pipeline, cand: Candidate, axes: str, stab: dict, rescore_only: bool
                     ) -> Callable[[np.ndarray], np.ndarray]:
     """The candidate's whole pipeline as a function of the input (what the stability proxy perturbs), cached."""
 
+    def run(source: np.ndarray) -> np.ndarray:
+        image, out_axes = pipeline.preprocess(source, axes)
+        return np.asarray(pipeline.segment(image, out_axes).labels)
+
     def segment(source: np.ndarray) -> np.ndarray:
-        if hasattr(model, "probability"):  # probabilities cached by content: cheap, and current post-processing
-            image, out_axes = run_chain(source, axes, cand.steps)
-            return model(image, out_axes, **params).labels
+        if hasattr(pipeline.segmenter(), "probability"):  # probabilities cached by content: cheap
+            return run(source)
         key = array_hash(source)
         if key not in stab:
             if rescore_only:
                 raise CacheMiss(f"{cand.label}: stability input {key} not cached")
-            image, out_axes = run_chain(source, axes, cand.steps)
-            stab[key] = np.asarray(model(image, out_axes, **params).labels)
+            stab[key] = run(source)
         return stab[key]
 
     return segment

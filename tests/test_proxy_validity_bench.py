@@ -120,7 +120,7 @@ def test_rescore_only_runs_no_model(bench, scored, monkeypatch):
         def __call__(self, *a, **k):
             raise AssertionError("--rescore-only ran a model")
 
-    monkeypatch.setattr(pv, "load_segmenter", lambda *a, **k: NoModel())
+    monkeypatch.setattr("opsef_opt.segment.load_segmenter", lambda *a, **k: NoModel())  # what Pipeline.segmenter loads
     for ds in datasets:
         again = pv.score_dataset(ds, spec, rescore_only=True, refresh=set())
         assert again.misses == 0
