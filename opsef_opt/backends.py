@@ -235,22 +235,22 @@ def ensure_sqlite(url: str, init: Callable[[str], None], data_tables: tuple[str,
     with _file_lock(path.with_name(path.name + ".lock")):
         if path.exists() and path.stat().st_size > 0:
             fast_commits(path)  # before ``init`` opens it: that engine's connections are kept
-        _create(path, url, init, data_tables, what, forget)
-        fast_commits(path)
+        if _create(path, url, init, data_tables, what, forget):
+            fast_commits(path)
 
 
 def _create(path: Path, url: str, init: Callable[[str], None], data_tables: tuple[str, ...], what: str,
-            forget: Callable[[str], None]) -> None:
-    """:func:`ensure_sqlite`'s work, under its lock."""
+            forget: Callable[[str], None]) -> bool:
+    """:func:`ensure_sqlite`'s work, under its lock; True when it built a new file."""
     if path.exists() and path.stat().st_size > 0:
         identity = (str(path.resolve()), path.stat().st_ino)
         if identity in _verified:
-            return
+            return False
         try:
             with quiet_db_logs():
                 init(url)
             _verified.add(identity)
-            return
+            return False
         except Exception as e:
             if "locked" in str(e) or _has_rows(path, data_tables):
                 raise BackendError(f"{what} database {path} cannot be opened ({_first_line(e)}); it holds "
@@ -270,6 +270,7 @@ def _create(path: Path, url: str, init: Callable[[str], None], data_tables: tupl
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+    return True
 
 
 def fast_commits(path: Path) -> None:

@@ -85,31 +85,33 @@ def enlarge(img8: np.ndarray, labels: np.ndarray | None, scale: int):
     return big, lab
 
 
+def _pairs(ndim: int, axis: int) -> tuple[tuple[slice, ...], tuple[slice, ...]]:
+    """Index pairs selecting each pixel and its next neighbour along ``axis``."""
+    a = [slice(None)] * ndim
+    b = [slice(None)] * ndim
+    a[axis], b[axis] = slice(1, None), slice(None, -1)
+    return tuple(a), tuple(b)
+
+
 def _differs_from_neighbour(labels: np.ndarray) -> np.ndarray:
     """Pixels with a 4-neighbour of another value (image borders count as the pixel itself)."""
     out = np.zeros(labels.shape, bool)
     for axis in range(labels.ndim):
-        a = [slice(None)] * labels.ndim
-        b = [slice(None)] * labels.ndim
-        a[axis], b[axis] = slice(1, None), slice(None, -1)
-        diff = labels[tuple(a)] != labels[tuple(b)]
-        out[tuple(a)] |= diff
-        out[tuple(b)] |= diff
+        a, b = _pairs(labels.ndim, axis)
+        diff = labels[a] != labels[b]
+        out[a] |= diff
+        out[b] |= diff
     return out
 
 
 def _grow(mask: np.ndarray, full: bool) -> np.ndarray:
-    """Binary dilation by one pixel: the 4-neighbourhood (``full=False``) or the 3 x 3 square."""
+    """Binary dilation by one pixel: the 4-neighbourhood (``full=False``) or the 3 x 3 square (separably)."""
     out = mask.copy()
     for axis in range(mask.ndim):
-        a = [slice(None)] * mask.ndim
-        b = [slice(None)] * mask.ndim
-        a[axis], b[axis] = slice(1, None), slice(None, -1)
-        src = out if full else mask  # separable for the square, one step per axis for the cross
-        grown = src.copy() if full else out
-        grown[tuple(a)] |= src[tuple(b)]
-        grown[tuple(b)] |= src[tuple(a)]
-        out = grown
+        a, b = _pairs(mask.ndim, axis)
+        src = out.copy() if full else mask
+        out[a] |= src[b]
+        out[b] |= src[a]
     return out
 
 

@@ -58,9 +58,9 @@ class StopRequest:
 
 
 @contextmanager
-def stop_on_signals(request: StopRequest | None = None) -> Iterator[StopRequest]:
-    """Route SIGINT and SIGTERM to ``request`` while the block runs; the previous handlers come back after."""
-    request = request if request is not None else StopRequest()
+def stop_on_signals() -> Iterator[StopRequest]:
+    """Route SIGINT and SIGTERM to a new :class:`StopRequest` while the block runs; the previous handlers come back after."""
+    request = StopRequest()
     previous = {sig: signal.signal(sig, request) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield request

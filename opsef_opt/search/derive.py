@@ -216,11 +216,9 @@ def post_params(model: ModelSpec) -> list[str]:
     post-processing runs whole, so all its parameters count as inference).
     """
     from opsef_opt.segment import SEGMENTERS
-    from opsef_opt.segment.base import Segmenter
 
     cls = SEGMENTERS.get(model.family)
-    splits = cls.infer is not Segmenter.infer and cls.postprocess is not Segmenter.postprocess
-    if cls.has_network and not splits:
+    if cls.has_network and not cls.splits:
         return []
     inference = set(cls.inference_params) if cls.has_network else set()
     return [k for k in list(model.choices) + list(model.ranges) if k not in inference]

@@ -91,8 +91,8 @@ class BudgetCallback:
             study.stop()
 
 
-def fail_stale(study: optuna.Study, grace: int, started: set[int]) -> list[optuna.trial.FrozenTrial]:
-    """Fail (and requeue) trials whose process died; return the study's trials afterwards.
+def fail_stale(study: optuna.Study, grace: int, started: set[int]) -> None:
+    """Fail (and requeue) trials whose process died.
 
     Optuna only judges trials that recorded a heartbeat; a process killed
     between creating a trial and its first heartbeat would leave it RUNNING
@@ -103,14 +103,12 @@ def fail_stale(study: optuna.Study, grace: int, started: set[int]) -> list[optun
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         optuna.storages.fail_stale_trials(study)
-    trials = study.get_trials(deepcopy=False)
     now = datetime.now()
-    for t in trials:
-        if (t.state == TrialState.RUNNING and t._trial_id not in started and t.datetime_start
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if (t._trial_id not in started and t.datetime_start
                 and (now - t.datetime_start).total_seconds() > grace):
             study._storage.record_heartbeat(t._trial_id)
             started.add(t._trial_id)
-    return trials
 
 
 def record_unrecorded(study: optuna.Study, ctx: TrialContext) -> None:
@@ -129,16 +127,15 @@ def record_unrecorded(study: optuna.Study, ctx: TrialContext) -> None:
             record_trial(ctx.tracker, run_id, outputs if ctx.log_artifacts else [], metrics)
 
 
-def report(last: dict, n: int, budget: int, ctx: TrialContext | None = None) -> None:
+def report(last: dict, n: int, budget: int, ctx: TrialContext) -> None:
     """One line per ended trial; on a terminal also a progress bar with the time left (opsef_opt.progress)."""
     from opsef_opt.progress import trial_progress
     from opsef_opt.track.names import stage_of, trial_name
 
     if last.get("over_budget"):
         return
-    study_name = ctx.study_name if ctx is not None else "search"
-    name = trial_name(stage_of(study_name), last["number"])
-    left = trial_progress(study_name, n, budget)  # "" on a terminal: the bar shows it
+    name = trial_name(stage_of(ctx.study_name), last["number"])
+    left = trial_progress(ctx.study_name, n, budget)  # "" on a terminal: the bar shows it
     left = f"  ({left})" if left else ""
     if last.get("pruned"):
         log.info("[%d/%d] %s pruned (%s)  %s%s", n, budget, name, last["pruned"], last["pipeline"], left)
@@ -147,5 +144,5 @@ def report(last: dict, n: int, budget: int, ctx: TrialContext | None = None) -> 
     elif "value" in last:
         # a score against the pool so far is provisional (and without consensus while few families vote)
         value, note = (ctx.pool.progress(last["number"], last["value"], ctx.objective.name)
-                       if ctx is not None and ctx.pool is not None else (last["value"], ""))
+                       if ctx.pool is not None else (last["value"], ""))
         log.info("[%d/%d] %s  score %.4f%s  %s%s", n, budget, name, value, note, last["pipeline"], left)

@@ -131,7 +131,7 @@ def stage_search(settings: Settings, stage: StageSpec, space: SearchSpec) -> Sea
 
 
 def stage_space(settings: Settings, stage: StageSpec, study: optuna.Study, base: SearchSpec,
-                 worker: bool) -> tuple[SearchSpec, int | None]:
+                worker: bool) -> tuple[SearchSpec, int | None]:
     """The stage's search space (derived from an earlier stage when it says so) and a budget cap.
 
     The source trials are chosen once and recorded in the stage's study, so a
@@ -167,7 +167,7 @@ def stage_space(settings: Settings, stage: StageSpec, study: optuna.Study, base:
         for n, params in zip(numbers, queue):
             score = finals.get(str(n)) if finals.get(str(n)) is not None else values[n]
             # where it comes from and how it scored there (the train score, for confirm stages)
-            study.enqueue_trial(params, user_attrs={A.SOURCE_TRIAL: f"{stage.source}#{n}", "source_score": score},
+            study.enqueue_trial(params, user_attrs={A.SOURCE_TRIAL: f"{stage.source}#{n}", A.SOURCE_SCORE: score},
                                 skip_if_exists=True)
         if stage.space == "refine":  # then what reuses their cached network outputs: no forward pass
             from opsef_opt.search.derive import neighbour_queue
@@ -180,12 +180,12 @@ def stage_space(settings: Settings, stage: StageSpec, study: optuna.Study, base:
 
 
 def trial_context(settings: Settings, stage: StageSpec, study: optuna.Study, space: SearchSpec, items: list[Item],
-             objective: Objective, tracker: Tracker, parent: str, budget: int) -> TrialContext:
+                  objective: Objective, tracker: Tracker, parent: str, budget: int) -> TrialContext:
     store = LabelStore(settings.study_dir / "labels" / stage.name)
     return TrialContext(
         study.study_name, space, items, objective,
         PreprocessCache(settings.study_dir / "cache" / "preprocess"), tracker, parent, Recorder(),
         store, ConsensusPool(store, settings.study.score), settings.log_artifacts, budget=budget,
         segments=SegmentCache(settings.study_dir / "cache" / "segment"),
-        inference=study_inference_cache(settings.study_dir),  # raw model outputs per inference key (issue 15)
+        inference=study_inference_cache(settings.study_dir),  # raw model outputs per inference key
     )

@@ -148,9 +148,9 @@ def _needs_model_runs(objective: Objective) -> bool:
     objective scored by tags (the tag model takes every proxy as a feature).
     """
     spec = objective.spec
-    dear = [p.name for p in spec.proxies if PROXIES.get(p.name).cost == "model"]
+    rerunning = [p.name for p in spec.proxies if PROXIES.get(p.name).cost == "model"]
     return any(bool(spec.weights.get(name)) or spec.gate == name or objective.name.startswith(f"proxy.{name}")
-               or objective.uses_tags for name in dear)
+               or objective.uses_tags for name in rerunning)
 
 
 def evaluate(ctx: TrialContext, pipeline: Pipeline, number: int | None = None,

@@ -102,10 +102,13 @@ class Segmenter(ABC):
 
     # -- inference / post-processing split ---------------------------------------------------------
 
-    @property
-    def splits(self) -> bool:
-        """Whether this family implements :meth:`infer` + :meth:`postprocess` (else only ``segment``)."""
-        return type(self).infer is not Segmenter.infer and type(self).postprocess is not Segmenter.postprocess
+    #: whether this family implements :meth:`infer` + :meth:`postprocess` (else only ``segment``);
+    #: set for each family class when it is defined
+    splits: ClassVar[bool] = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.splits = cls.infer is not Segmenter.infer and cls.postprocess is not Segmenter.postprocess
 
     def split_params(self, params: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
         """(inference params, post-processing params) of one full parameter set (``stats`` goes to neither)."""

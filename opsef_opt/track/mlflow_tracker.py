@@ -13,8 +13,10 @@ import time
 from pathlib import Path
 from typing import Any, Mapping
 
+import numpy as np
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
+from PIL import Image
 
 from opsef_opt.backends import ensure_sqlite, quiet_db_logs, sqlite_path
 from opsef_opt.track.names import stage_of, trial_name
@@ -157,9 +159,6 @@ class Tracker:
         768-px overlay took longer than drawing it. Full size is the run's
         ``overlay.png`` artifact.
         """
-        import numpy as np
-        from PIL import Image
-
         pil = Image.fromarray(np.asarray(image))
         factor = -(-max(pil.size) // most)
         if factor > 1:
@@ -184,7 +183,7 @@ class Tracker:
 
 def mark_interrupted(tracking_uri: str, run_id: str) -> None:
     """Close the run of a trial whose process died (no heartbeat): status KILLED, ``opsef.status`` interrupted."""
-    client = MlflowClient(tracking_uri)
+    client = tracking_client(tracking_uri)
     client.set_tag(run_id, "opsef.status", "interrupted")
     client.set_terminated(run_id, "KILLED")
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from opsef_opt.score.matching import overlap_pairs, relabel
+from opsef_opt.score.matching import match_counts, relabel
 
 __all__ = ["Match", "match_instances", "relabel"]
 
@@ -48,26 +48,12 @@ def match_instances(ref: np.ndarray, pred: np.ndarray, thresh: float = 0.5) -> M
     ----------
     ref, pred : integer label images of the same shape (0 = background), any dimension.
     thresh : float
-        IoU threshold; the sparse path needs ``thresh >= 0.5``.
+        IoU threshold (below 0.5 StarDist's assignment is used).
 
     Returns
     -------
     Match
         ``tp``, the object counts and the mean IoU of the matched pairs.
     """
-    ref = np.asarray(ref)
-    pred = np.asarray(pred)
-    if ref.shape != pred.shape:
-        raise ValueError(f"label shapes differ: {ref.shape} vs {pred.shape}")
-    if thresh < 0.5:
-        from stardist.matching import matching
-
-        m = matching(relabel(ref)[0], relabel(pred)[0], thresh=thresh)
-        return Match(int(m.tp), int(m.n_true), int(m.n_pred),
-                     float(m.mean_matched_score) if m.tp else float("nan"))
-    pairs, _, _ = overlap_pairs(ref, pred)
-    if pairs.n_true == 0 or pairs.n_pred == 0:
-        return Match(0, pairs.n_true, pairs.n_pred, float("nan"))
-    _, _, iou = pairs.assign(thresh)
-    tp = int(iou.size)
-    return Match(tp, pairs.n_true, pairs.n_pred, float(iou.mean()) if tp else float("nan"))
+    c = match_counts(ref, pred, [thresh])[float(thresh)]
+    return Match(c.tp, c.n_true, c.n_pred, c.mean_matched_score if c.tp else float("nan"))
