@@ -260,7 +260,9 @@ def _create(path: Path, url: str, init: Callable[[str], None], data_tables: tupl
             os.replace(path, aside)
             log.warning("%s database %s was left half-made by an interrupted start and held no data; "
                         "moved aside to %s and rebuilt", what, path, aside.name)
-    tmp = path.with_name(f".{path.name}.init-{os.getpid()}")
+    # a name never used before: MLflow caches its store per URI, and a cached store of a deleted file
+    # (the same folder built twice in one process) would not create the tables again
+    tmp = path.with_name(f".{path.name}.init-{os.getpid()}-{time.monotonic_ns()}")
     for stale in path.parent.glob(f".{path.name}.init-*"):
         stale.unlink(missing_ok=True)  # left by a start killed while building (we hold the lock)
     try:
@@ -268,6 +270,7 @@ def _create(path: Path, url: str, init: Callable[[str], None], data_tables: tupl
             init(f"sqlite:///{tmp}")
         forget(f"sqlite:///{tmp}")
         os.replace(tmp, path)
+        forget(url)  # an engine still connected to a file deleted meanwhile (a study folder removed in a notebook)
     finally:
         tmp.unlink(missing_ok=True)
     return True

@@ -58,3 +58,28 @@ def test_run_study_writes_the_cli_files_and_returns_the_best_pipeline(tmp_path, 
     again = opsef_opt.run_study("tiny", config_dir=TEST_CONF, studies_dir=tmp_path / "studies")
     assert len(again.leaderboard) == 6
     assert list(again.leaderboard["pipeline"]) == list(result.leaderboard["pipeline"])
+
+
+@pytest.mark.slow
+def test_a_study_folder_deleted_and_run_again_in_the_same_process_is_recorded_afresh(tmp_path, monkeypatch):
+    """A notebook: run, delete ``studies/``, run again. The second run's store is a new file; every trial of it
+    is recorded there (by the recording process too), none written through a connection to the deleted file."""
+    import shutil
+
+    monkeypatch.chdir(tmp_path)
+    def complete_runs(result):
+        client = MlflowClient(result.mlflow_uri)
+        exp = client.get_experiment_by_name("tiny")
+        runs = client.search_runs([exp.experiment_id], "tags.`opsef.status` = 'complete'", max_results=100)
+        return client, [r for r in runs if "mlflow.parentRunId" in r.data.tags]  # trials, not the stage
+
+    first = opsef_opt.run_study("tiny", config_dir=TEST_CONF, studies_dir=tmp_path / "studies")
+    n_first = len(complete_runs(first)[1])
+    shutil.rmtree(tmp_path / "studies")
+    second = opsef_opt.run_study("tiny", config_dir=TEST_CONF, studies_dir=tmp_path / "studies")
+    assert list(second.leaderboard["pipeline"]) == list(first.leaderboard["pipeline"])
+    client, runs = complete_runs(second)
+    assert len(runs) == n_first >= 6 and all(r.info.status == "FINISHED" for r in runs)
+    for r in runs:  # the artifacts of each trial (written by the recording process) are in the new folder
+        files = {f.path for f in client.list_artifacts(r.info.run_id, "images/dsb2018_256")}
+        assert "images/dsb2018_256/overlay.png" in files

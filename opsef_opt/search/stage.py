@@ -25,7 +25,7 @@ from opsef_opt.search.trial import TrialContext
 from opsef_opt.settings import SearchSpec, Settings, StageSpec
 from opsef_opt.tags.learn import fit_from_runs
 from opsef_opt.track import Tracker
-from opsef_opt.track.recorder import Recorder
+from opsef_opt.track.record_process import ProcessRecorder
 
 __all__ = ["available_space", "objective_name", "stage_objective", "enqueue_grid", "stage_items", "preflight",
            "stage_search", "stage_space", "trial_context"]
@@ -184,7 +184,7 @@ def trial_context(settings: Settings, stage: StageSpec, study: optuna.Study, spa
     store = LabelStore(settings.study_dir / "labels" / stage.name)
     return TrialContext(
         study.study_name, space, items, objective,
-        PreprocessCache(settings.study_dir / "cache" / "preprocess"), tracker, parent, Recorder(),
+        PreprocessCache(settings.study_dir / "cache" / "preprocess"), tracker, parent, ProcessRecorder(),
         store, ConsensusPool(store, settings.study.score), settings.log_artifacts, budget=budget,
         segments=SegmentCache(settings.study_dir / "cache" / "segment"),
         inference=study_inference_cache(settings.study_dir),  # raw model outputs per inference key

@@ -29,6 +29,7 @@ from opsef_opt.search.space import suggest_pipeline
 from opsef_opt.config import SearchSpec
 from opsef_opt.segment import model_cache_info
 from opsef_opt.track import Tracker, write_image_artifacts
+from opsef_opt.track.record_process import ProcessRecorder
 from opsef_opt.track.recorder import Recorder
 from opsef_opt.search import attrs as A
 
@@ -50,7 +51,7 @@ class TrialContext:
     cache: PreprocessCache
     tracker: Tracker
     parent_run_id: str
-    recorder: Recorder
+    recorder: Recorder | ProcessRecorder  # the search's: a process; record_unrecorded's: in line
     store: LabelStore
     pool: ConsensusPool | None = None
     log_artifacts: bool = True

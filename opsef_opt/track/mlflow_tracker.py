@@ -10,6 +10,7 @@ import logging
 import re
 import sqlite3
 import time
+import uuid
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -55,6 +56,28 @@ def tracking_client(tracking_uri: str) -> MlflowClient:
         return MlflowClient(tracking_uri=tracking_uri)
 
 
+_OPEN: dict[str, tuple[str, MlflowClient]] = {}
+
+
+def _reopen(tracking_uri: str, experiment_id: str, token: str) -> "Tracker":
+    """A pickled :class:`Tracker` in another process: its store's client, opened once per tracker.
+
+    ``token`` names the tracker it was pickled from. Another tracker of the
+    same store (the next study run in a notebook, possibly after its folder
+    was deleted) opens the store again, so nothing is written through an
+    engine still connected to a deleted file.
+    """
+    known = _OPEN.get(tracking_uri)
+    if known is None or known[0] != token:
+        if known is not None:
+            _forget_engine(tracking_uri)
+        _OPEN[tracking_uri] = (token, tracking_client(tracking_uri))
+    tracker = Tracker.__new__(Tracker)
+    tracker.client, tracker.tracking_uri, tracker.experiment_id = _OPEN[tracking_uri][1], tracking_uri, experiment_id
+    tracker._token = token
+    return tracker
+
+
 def metric_name(name: str) -> str:
     """A string MLflow accepts as a metric/param key."""
     return _BAD.sub("_", name)
@@ -66,6 +89,7 @@ class Tracker:
     def __init__(self, tracking_uri: str, artifact_root: Path, experiment: str, description: str = "") -> None:
         self.client = tracking_client(tracking_uri)
         self.tracking_uri = tracking_uri
+        self._token = uuid.uuid4().hex  # names this tracker in the recording process (see _reopen)
         relocate_artifacts(tracking_uri, artifact_root)  # a copied studies/ folder: artifacts go into the copy
         exp = self.client.get_experiment_by_name(experiment)
         if exp is None:
@@ -88,6 +112,10 @@ class Tracker:
             self.experiment_id = exp.experiment_id
             if EXPERIMENT_KIND[0] not in exp.tags:  # made by an older version: open it in the ML layout too
                 self.client.set_experiment_tag(self.experiment_id, *EXPERIMENT_KIND)
+
+    def __reduce__(self):
+        # the recording process gets (store, experiment) and opens the store once (see _reopen)
+        return _reopen, (self.tracking_uri, self.experiment_id, self._token)
 
     # ------------------------------------------------------------ parent runs
     def open_parent(self, run_id: str | None, name: str, tags: Mapping[str, str]) -> str:
