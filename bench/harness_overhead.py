@@ -71,7 +71,7 @@ def main() -> None:
     print(f"per trial (median): Optuna wall {np.median(per_trial) * 1000:.1f} ms, "
           f"preprocess {np.median(pre) * 1000:.1f} ms, segment {np.median(seg) * 1000:.1f} ms, "
           f"score {np.nanmedian(m('time_score_s')) * 1000:.1f} ms, "
-          f"recording (background thread) {np.nanmedian(m('time_log_s')) * 1000:.1f} ms")
+          f"recording (recording process, in parallel) {np.nanmedian(m('time_log_s')) * 1000:.1f} ms")
     print(f"time in preprocessing {pre.sum():.2f} s + segmentation {seg.sum():.2f} s = {inside:.2f} s "
           f"of the {loop:.2f} s search loop")
     print(f"harness overhead (outside preprocessing + segmentation): {outside / loop:.1%} of search-loop time, "
@@ -83,8 +83,8 @@ def main() -> None:
     score = np.nansum(m("time_score_s"))
     rest = outside - score
     print(f"fixed cost per trial (mean): scoring (proxies + GT) {score / n * 1000:.0f} ms, everything else "
-          f"(Optuna storage, MLflow run creation and logging, waiting for the recording thread) "
-          f"{rest / n * 1000:.0f} ms; recording itself (background) {np.nanmean(m('time_log_s')) * 1000:.0f} ms")
+          f"(Optuna storage, MLflow run creation and logging, waiting for the recording process) "
+          f"{rest / n * 1000:.0f} ms; recording itself (in parallel) {np.nanmean(m('time_log_s')) * 1000:.0f} ms")
     fwd = m("forward_passes")
     if np.isfinite(fwd).any():
         print(f"network forward passes: {int(np.nansum(fwd))} (raw outputs reused: "

@@ -1,6 +1,8 @@
 """The label store and consensus pool shared by a stage's trials, and the end-of-stage rescoring."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import tifffile
 
@@ -131,3 +133,24 @@ def test_final_scores_compare_each_candidate_with_all_others(tmp_path):
     assert finals[4]["proxy.consensus.final"] < finals[0]["proxy.consensus.final"] < 1.0
     assert finals[4]["score.final"] < finals[0]["score.final"]
     assert "score.final" not in final_scores(store, spec, "gt_f1", [0])[0]
+
+
+def test_label_store_reads_recent_trials_from_memory_as_from_disk(tmp_path):
+    rng = np.random.default_rng(0)
+    store = LabelStore(tmp_path)
+    saved = {t: {"a": rng.integers(0, 300, (20, 30)).astype(np.int64), "b": rng.integers(0, 70000, (5, 5))}
+             for t in range(LabelStore.RECENT + 2)}
+    for t, labels in saved.items():
+        store.save(t, labels, {"a": {"x": 0.1 * t, "n": t, "nan": float("nan")}})
+    disk = LabelStore(tmp_path)  # another process: reads the files
+    for t in saved:
+        mem, ref = store.load(t), disk.load(t)
+        assert list(mem) == list(ref) == ["a", "b"]
+        for name in mem:
+            assert mem[name].dtype == ref[name].dtype == np.int32
+            np.testing.assert_array_equal(mem[name], ref[name])
+            np.testing.assert_array_equal(mem[name], saved[t][name])
+        assert json.dumps(store.load_metrics(t)) == json.dumps(disk.load_metrics(t))
+    assert sorted(store._recent) == list(range(2, LabelStore.RECENT + 2))  # bounded: the oldest went
+    store.load(5)["a"][:] = 0  # a caller changing what it got does not change what is stored
+    np.testing.assert_array_equal(store.load(5)["a"], saved[5]["a"])
