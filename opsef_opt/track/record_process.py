@@ -81,11 +81,21 @@ class _Worker:
         finally:
             os.close(req_r)
             os.close(res_w)
+        try:  # a 1 MiB pipe (Linux; else the default 64 KiB): a trial's arrays pass in fewer turns
+            import fcntl
+
+            fcntl.fcntl(req_w, getattr(fcntl, "F_SETPIPE_SZ", 1031), 1 << 20)
+        except (ImportError, OSError):
+            pass
         self._out = os.fdopen(req_w, "wb")
         self._lock = threading.Lock()
         self._futures: dict[int, Future] = {}
         self._next = 0
         self.alive = True
+        # a writer thread: writing a trial's arrays into the pipe waits for the reader, not for this thread
+        self._outbox: queue.Queue = queue.Queue()
+        self._sender = threading.Thread(target=self._send, daemon=True, name="opsef-record-send")
+        self._sender.start()
         threading.Thread(target=self._answers, args=(os.fdopen(res_r, "rb"),), daemon=True,
                          name="opsef-record-answers").start()
 
@@ -98,19 +108,32 @@ class _Worker:
                 raise _Gone()
             task, self._next = self._next, self._next + 1
             self._futures[task] = fut
-            try:
-                _write(self._out, task, payload)
-            except OSError as e:  # the process is gone (broken pipe)
-                self._futures.pop(task, None)
-                raise _Gone() from e
+        self._outbox.put((task, payload))
         return fut
+
+    def _send(self) -> None:
+        while (item := self._outbox.get()) is not None:
+            try:
+                _write(self._out, *item)
+            except OSError:  # the process is gone (broken pipe)
+                self._gone()
+                return
+        try:
+            self._out.close()
+        except OSError:
+            pass
 
     def _answers(self, src: BinaryIO) -> None:
         while (frame := _read(src)) is not None:
             task, payload = frame
-            fut = self._futures.pop(task, None)
+            with self._lock:
+                fut = self._futures.pop(task, None)
             if fut is not None:
                 fut.set_result(pickle.loads(payload))
+        self._gone()
+
+    def _gone(self) -> None:
+        """The process ended: every call it had not answered fails with :class:`_Gone` (and is run here)."""
         with self._lock:
             self.alive = False
             left, self._futures = self._futures, {}
@@ -119,11 +142,8 @@ class _Worker:
 
     def close(self, timeout: float = 60.0) -> None:
         """End the process after the calls it has (it reads to the end of the pipe)."""
-        with self._lock:
-            try:
-                self._out.close()
-            except OSError:
-                pass
+        self._outbox.put(None)
+        self._sender.join(timeout)
         try:
             self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
