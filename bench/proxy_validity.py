@@ -20,6 +20,10 @@ Scoring is the LIBRARY's, as a study does it:
 * other weightings by ``opsef_opt.score.proxies.combine`` on those per-image
   values, averaged over images (as ``final_scores`` does). The consensus
   voters stay the ones chosen with the default weights;
+* the rank combination (``opsef_opt.score.proxies.rank``, what ``score.final``
+  is with the default weights): per-image pool percentiles come from
+  ``final_scores(details=True)``; its coefficients are refitted per fold by
+  ``fit_rank_weights`` and scored by the library's ``rank_combine``;
 * tags: ``opsef_opt.tags.queue.simulate_tagging`` when it exists, otherwise
   random simulated tags fed to ``fit_tag_model`` (see :func:`tag_curve`).
 
@@ -31,8 +35,11 @@ What it prints, per dataset = per held-out fold:
   the combination uses it ("gated + vetoed": times the sanity gate, behind the
   plausible veto, so that e.g. contrast's liking for inverted pipelines, which
   the veto removes, does not hide what it adds among plausible ones);
-* the combined score with the default weights (``score.final``), and with
-  the weights chosen by leave-one-dataset-out (LODO) on the other datasets;
+* the combined score as shipped (``score.final``: the rank combination with
+  the coefficients fitted on all datasets), the weighted mean of raw values
+  with the default weights and with the weights chosen by
+  leave-one-dataset-out (LODO) on the other datasets, and the rank
+  combination chosen and fitted on the other datasets (held out);
 * catches: how many candidates with GT F1 < 0.1 rank above the median of each
   score; how many are flagged by ``sanity`` == 0 and ``plausible`` == 0 (when
   that proxy exists) and how many flagged ones were in fact good (GT F1 >= 0.5);
@@ -66,6 +73,16 @@ worst dataset's rho - regret instead); ties go to the point closest to the
 default weights; the level is the one whose choice does best on those same
 datasets (:func:`choose_joint`, ties to the library's level). The held-out
 dataset's numbers under that choice are the estimate.
+
+The rank combination (the library's ``score.final`` method) is validated the
+same way: for each held-out dataset, its design choices (the regularisation
+``C`` of the pairwise logistic regression, ``rank.C_GRID``, and whether the
+"model gives no confidence" indicator is a feature) are chosen by
+leave-one-out over the other five (:func:`rank_choose`), its coefficients
+fitted on those five (:func:`rank_fit`), and the held-out dataset scored with
+them (:func:`rank_lodo`); the near-duplicate level is the library's. Chosen
+and refitted on all datasets, the coefficients are the proposed
+``rank.RANK_WEIGHTS`` (printed after the summaries).
 
 Usage: python bench/proxy_validity.py [--rescore-only] [--datasets a,b] [--quick] [--no-he] [--no-tiny]
        [--tags 5,10,20] [--tag-seeds 5] [--lodo-objective mean|worst] [--save metrics.csv]
@@ -110,8 +127,10 @@ from opsef_opt.score import PROXIES, ImageResult  # noqa: E402
 from opsef_opt.score.objective import Objective  # noqa: E402
 from opsef_opt.score.proxies import combine  # noqa: E402
 from opsef_opt.score.proxies.consensus import FAMILY_AGREEMENT  # noqa: E402
+from opsef_opt.score.proxies.rank import (C_GRID, NO_CONFIDENCE, RANK_FEATURES, RANK_WEIGHTS,  # noqa: E402
+                                          fit_rank_weights, plausible_row, rank_combine, rank_features)
 from opsef_opt.search.pool import LabelStore  # noqa: E402
-from opsef_opt.search.rescore import final_scores  # noqa: E402
+from opsef_opt.search.rescore import final_scores, uses_rank  # noqa: E402
 
 #: the weights the LODO grid varies (those registered), and the grid values
 GRID_PROXIES = ("shape", "consensus", "separation", "contrast", "confidence", "stability")
@@ -286,7 +305,7 @@ def library_final_scores(labels: Sequence[Mapping[str, np.ndarray]], metrics: Se
         trials = list(range(len(labels)))
         pipelines = {k: c.describe() for k, c in enumerate(candidates)}
         available = {"store": store, "stores": [store], "spec": spec, "objective": "proxy", "trials": trials,
-                     "pipelines": pipelines, "params": pipelines, "descriptions": pipelines}
+                     "pipelines": pipelines, "params": pipelines, "descriptions": pipelines, "details": True}
         if family_agreement is not None:
             available["family_agreement"] = family_agreement
         sig = inspect.signature(final_scores)
@@ -332,7 +351,10 @@ def rescore(ds: Dataset, segs: list, spec, family_agreement: float | None = None
                 if key.startswith("proxy.") and key.endswith(".final") and key != "proxy.final":
                     m[key[:-len(".final")]] = v  # e.g. proxy.consensus <- proxy.consensus.final
             metrics.append(m)
-            rows.append({p: m.get(f"proxy.{p}", math.nan) for p in proxies})
+            row = {p: m.get(f"proxy.{p}", math.nan) for p in proxies}
+            # the rank combination's per-image pool percentiles (final_scores(details=True)), as pct.<proxy>
+            row.update({f"pct.{f}": m[f"proxy.{f}.pct"] for f in RANK_FEATURES if f"proxy.{f}.pct" in m})
+            rows.append(row)
         values.append(rows)
         results = [ImageResult(lab, np.zeros(0, np.float32), truth=truth)
                    for (_, lab, _), (_, _, truth) in zip(per, ds.images)]
@@ -340,9 +362,14 @@ def rescore(ds: Dataset, segs: list, spec, family_agreement: float | None = None
             results = []
         tm = objective.trial_metrics(metrics, results)
         tm["n_objects_mean"] = tm.pop("n_objects", math.nan)
-        tm.update({key: v for key, v in joint.get(k, {}).items()})
+        # what a study logs (the details for the bench are not: they would be tag-model features there)
+        tm.update({key: v for key, v in joint.get(k, {}).items() if not _detail_key(key)})
         trial.append(tm)
     return default, values, trial
+
+
+def _detail_key(key: str) -> bool:
+    return key in ("proxy.weighted.final", "proxy.rank.final") or key.endswith(".pct.final")
 
 
 def score_dataset(ds: Dataset, spec, rescore_only: bool, refresh: set[str],
@@ -518,6 +545,89 @@ def weights_text(w: Weights) -> str:
     return ", ".join(f"{n} {x:g}" for n, x in w if x) or "none"
 
 
+# ================================================================================== rank combination
+
+#: the rank combination's design choices LODO picks from: (regularisation C, with the no-confidence indicator)
+RANK_CHOICES = tuple((c, ind) for ind in (True, False) for c in C_GRID)
+
+
+def rank_weights_of(coef: Mapping[str, float], indicator: bool) -> dict[str, float]:
+    """Coefficients as rank_combine takes them (the indicator key only when it is a feature)."""
+    return {k: v for k, v in coef.items() if indicator or k != NO_CONFIDENCE}
+
+
+def rank_data(sc: Scored, indicator: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(X: candidates x features, the mean over images of rank_features; GT F1; counted: plausible everywhere)."""
+    X = np.array([np.mean([rank_features(_pct(v), indicator) for v in rows], axis=0) for rows in sc.per_image])
+    ok = np.array([all(plausible_row(v) for v in rows) for rows in sc.per_image], bool)
+    return X, sc.f1, ok
+
+
+def _pct(v: Mapping[str, float]) -> dict[str, float]:
+    return {f: v.get(f"pct.{f}", math.nan) for f in RANK_FEATURES}
+
+
+def rank_scored(sc: Scored, weights: Mapping[str, float], gate: str | None) -> np.ndarray:
+    """Per candidate: mean over images of the library's rank_combine with these coefficients."""
+    return np.array([np.mean([rank_combine(v, _pct(v), weights, gate) for v in rows]) for rows in sc.per_image])
+
+
+def rank_fit(train: Sequence[Scored], choice: tuple[float, bool]) -> dict[str, float]:
+    C, indicator = choice
+    names = RANK_FEATURES + ((NO_CONFIDENCE,) if indicator else ())
+    return fit_rank_weights([rank_data(sc, indicator) for sc in train], C, names)
+
+
+def rank_choose(train: Sequence[Scored], gate: str | None) -> tuple[tuple[float, bool], float]:
+    """The (C, indicator) whose held-out (rho - regret), leave-one-out over ``train``, is best on mean.
+
+    With fewer than two training datasets there is nothing to leave out: the first choice.
+    """
+    if len(train) < 2:
+        return RANK_CHOICES[0], math.nan
+    best, best_value = None, -math.inf
+    for choice in RANK_CHOICES:
+        vals = []
+        for k, held in enumerate(train):
+            w = rank_fit([sc for j, sc in enumerate(train) if j != k], choice)
+            rho, regret, _ = rank_quality(rank_scored(held, w, gate), held.f1)
+            vals.append(_fold_value(rho, regret))
+        value = float(np.mean(vals))
+        if value > best_value + 1e-9:
+            best, best_value = choice, value
+    return best, best_value
+
+
+def rank_lodo(scored: Mapping[str, Scored], gate: str | None) -> dict[str, tuple[tuple[float, bool], dict, np.ndarray]]:
+    """Held-out dataset -> (choice made on the other datasets by their own LODO, coefficients fitted on them,
+    the held-out dataset's scores)."""
+    out = {}
+    for held, sc in scored.items():
+        train = [s for d, s in scored.items() if d != held]
+        choice, _ = rank_choose(train, gate)
+        w = rank_fit(train, choice)
+        out[held] = (choice, w, rank_scored(sc, w, gate))
+    return out
+
+
+def _with_proxy(sc: Scored, score: np.ndarray) -> Scored:
+    """``sc`` as if the study's score.final (and proxy.final) were ``score``: for the tag curve of a candidate."""
+    import copy
+
+    out = copy.copy(sc)
+    out.default = np.asarray(score, float)
+    out.trial = [{**t, "proxy.final": float(x), "score.final": float(x)} for t, x in zip(sc.trial, out.default)]
+    return out
+
+
+def choice_text(choice: tuple[float, bool]) -> str:
+    return f"C {choice[0]:g}, {'with' if choice[1] else 'without'} the no-confidence indicator"
+
+
+def coef_text(w: Mapping[str, float]) -> str:
+    return ", ".join(f"{k} {v:+.3f}" for k, v in w.items())
+
+
 # ================================================================================================ tags
 
 def simulated_tag(f1: float, n_pred: float, n_true: float) -> str:
@@ -628,12 +738,15 @@ def _regret_of(r, f1: np.ndarray) -> float:
 # ============================================================================================== report
 
 def print_dataset(sc: Scored, spec, lodo_w: Weights, lodo_obj: str, tags: tuple[str, dict] | None,
-                  level: float | None = None, library: Scored | None = None) -> dict:
+                  level: float | None = None, library: Scored | None = None,
+                  rank: tuple[tuple[float, bool], dict, np.ndarray] | None = None,
+                  rank_tags: tuple[str, dict] | None = None) -> dict:
     """One held-out fold's section; returns its summary row.
 
     ``sc``: the dataset scored with the near-duplicate ``level`` the fold chose
     (None: the library's); ``library``: scored with the library's defaults (the
-    "default" row), ``sc`` when not given.
+    "default" row), ``sc`` when not given; ``rank``: the rank combination's
+    held-out fold (:func:`rank_lodo`).
     """
     library = sc if library is None else library
     f1 = sc.f1
@@ -657,8 +770,12 @@ def print_dataset(sc: Scored, spec, lodo_w: Weights, lodo_obj: str, tags: tuple[
             rows[f"proxy {p}, gated + vetoed"] = combined(sc, {p: 1.0}, spec.gate)
     rows["combined, default weights (score.final)"] = library.default
     base = dict(spec.weights)
+    rows["weighted mean, default weights"] = combined(library, base, spec.gate)
     lodo_score = combined(sc, {**base, **dict(lodo_w)}, spec.gate)
-    rows["combined, LODO weights"] = lodo_score
+    rows["weighted mean, LODO weights"] = lodo_score
+    rows["rank combination, RANK_WEIGHTS"] = rank_scored(library, RANK_WEIGHTS, spec.gate)
+    if rank is not None:
+        rows["rank combination, LODO (held out)"] = rank[2]
     out = {}
     for k, v in rows.items():
         rho, regret, pick = rank_quality(v, f1)
@@ -668,12 +785,16 @@ def print_dataset(sc: Scored, spec, lodo_w: Weights, lodo_obj: str, tags: tuple[
         out[k] = (rho, regret, pick)
     print(f"   LODO weights (chosen on the other datasets, objective {lodo_obj}): {weights_text(lodo_w)}"
           + (f"; consensus families at object agreement >= {level:g}" if level is not None else ""))
-    # self-check: the library's combine with default weights reproduces score.final
-    again = combined(library, base, spec.gate)
+    if rank is not None:
+        print(f"   rank combination, LODO: {choice_text(rank[0])} (chosen on the other datasets by their own "
+              f"leave-one-out), fitted on them: {coef_text(rank[1])}")
+    # self-check: the library's combination (weighted mean, or the rank combination when switched on)
+    # reproduces score.final
+    again = rank_scored(library, RANK_WEIGHTS, spec.gate) if uses_rank(spec) else combined(library, base, spec.gate)
     diff = np.nanmax(np.abs(again - library.default)) if np.isfinite(library.default).any() else math.nan
     if math.isfinite(diff) and diff > 1e-6:
-        print(f"   note: mean of per-image combine(default) differs from score.final by up to {diff:.3f} "
-              f"(the library's final re-score is not a per-image mean any more)")
+        print(f"   note: mean of the per-image combination differs from score.final by up to {diff:.3f} "
+              f"(the library's final re-score is not this per-image mean any more)")
     broken = f1 < BROKEN_F1
     good = f1 >= GOOD_F1
     catch = [f"{int(broken.sum())} candidates with GT F1 < {BROKEN_F1}; above the median: "
@@ -690,34 +811,44 @@ def print_dataset(sc: Scored, spec, lodo_w: Weights, lodo_obj: str, tags: tuple[
                   f"F1 < {BROKEN_F1}, {int((zero & good).sum())} with GT F1 >= {GOOD_F1}); broken ones it misses: "
                   f"{int((broken & ~zero).sum())}")
     summary = {"dataset": sc.name, "n": len(f1), "best": float(np.nanmax(f1)),
-               "lodo": out["combined, LODO weights"], "default": out["combined, default weights (score.final)"],
+               "lodo": out["weighted mean, LODO weights"], "default": out["combined, default weights (score.final)"],
                "broken": int(broken.sum()), "broken_above_default": above_median(library.default, broken),
                "broken_above_lodo": above_median(lodo_score, broken)}
+    if rank is not None:
+        summary["rank"] = out["rank combination, LODO (held out)"]
+        summary["broken_above_rank"] = above_median(rank[2], broken)
+        if rank_tags is not None:
+            summary["rank_tags"] = rank_tags[1]
     if tags is not None:
         how, curve = tags
         print(f"   tags ({how}): regret " + ", ".join(f"{v:.3f} after {n}" for n, v in curve.items()))
         summary["tags"] = curve
+    if rank_tags is not None:
+        print("   tags with the rank combination (RANK_WEIGHTS) as the proxy: regret "
+              + ", ".join(f"{v:.3f} after {n}" for n, v in rank_tags[1].items()))
     return summary
 
 
-def print_summary(rows: list[dict], key: str, title: str) -> None:
+def print_summary(rows: list[dict], key: str, title: str, with_tags: bool = False, tags_key: str = "tags") -> None:
+    if not all(key in r for r in rows):
+        return
     print(f"\n## summary: {title}")
     print("| dataset | candidates | grid best GT F1 | pick's GT F1 | regret | rho | GT F1 < 0.1 above median |"
-          + (" tags 5/10/20 regret |" if key == "lodo" else ""))
-    print("|---|---|---|---|---|---|---|" + ("---|" if key == "lodo" else ""))
+          + (" tags 5/10/20 regret |" if with_tags else ""))
+    print("|---|---|---|---|---|---|---|" + ("---|" if with_tags else ""))
     acc = []
     for r in rows:
         rho, regret, pick = r[key]
-        tags = r.get("tags", {})
+        tags = r.get(tags_key, {})
         tag_txt = " / ".join(f"{tags.get(n, math.nan):.3f}" for n in TAG_COUNTS)
         print(f"| {r['dataset']} | {r['n']} | {r['best']:.3f} | {pick:.3f} | {regret:.3f} | {rho:.2f} | "
-              f"{r['broken_above_' + key]} of {r['broken']} |" + (f" {tag_txt} |" if key == "lodo" else ""))
+              f"{r['broken_above_' + key]} of {r['broken']} |" + (f" {tag_txt} |" if with_tags else ""))
         acc.append([r["n"], r["best"], pick, regret, rho] + [tags.get(n, math.nan) for n in TAG_COUNTS])
     a = np.array(acc, float)
     m = [_nanmean(a[:, j]) for j in range(a.shape[1])]
     tag_txt = " / ".join(f"{x:.3f}" for x in m[5:])
     print(f"| **mean** | {m[0]:.0f} | {m[1]:.3f} | {m[2]:.3f} | **{m[3]:.3f}** | **{m[4]:.2f}** | |"
-          + (f" {tag_txt} |" if key == "lodo" else ""))
+          + (f" {tag_txt} |" if with_tags else ""))
 
 
 def he_section(spec, rescore_only: bool, weights: Mapping[str, float], quick: bool) -> None:
@@ -769,6 +900,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--families", default="0.8,0.9,0.95",
                     help="near-duplicate levels of the consensus families LODO chooses from, with the weights "
                          "('' = the library's only)")
+    ap.add_argument("--rank-tags", action="store_true",
+                    help="also the tag curve with the rank combination (RANK_WEIGHTS) as the proxy")
     ap.add_argument("--save", default=None, help="write every candidate's trial-level metrics to this CSV")
     args = ap.parse_args(argv)
     t_start = time.perf_counter()
@@ -799,16 +932,39 @@ def main(argv: Sequence[str] | None = None) -> None:
         chosen_joint = {d: (FAMILY_AGREEMENT, tuple((n, spec.weights.get(n, 0.0)) for n in names)) for d in tables}
     chosen = {d: w for d, (_, w) in chosen_joint.items()}
     counts = [int(x) for x in args.tags.split(",") if x]
+    t0 = time.perf_counter()
+    ranked = rank_lodo(scored, spec.gate) if len(scored) > 1 else {}
+    log(f"rank combination LODO in {time.perf_counter() - t0:.0f} s")
     summaries = []
     for d, sc in scored.items():
         t0 = time.perf_counter()
         tags = tag_curve(sc, counts, args.tag_seeds) if counts else None
         log(f"{d}: tag curve in {time.perf_counter() - t0:.0f} s")
         level = chosen_joint[d][0]
-        summaries.append(print_dataset(sc.variants[level], spec, chosen[d], args.lodo_objective, tags, level, sc))
-    print_summary(summaries, "lodo", "combined score with LODO-chosen weights (held-out fold numbers; the estimate)")
-    print_summary(summaries, "default", "combined score with the shipped defaults (score.final; chosen on all of "
-                                        "these datasets, so not held-out)")
+        rank_tags = None
+        if counts and args.rank_tags:
+            rank_tags = tag_curve(_with_proxy(sc, rank_scored(sc, RANK_WEIGHTS, spec.gate)), counts, args.tag_seeds)
+        summaries.append(print_dataset(sc.variants[level], spec, chosen[d], args.lodo_objective, tags, level, sc,
+                                       ranked.get(d), rank_tags))
+    print_summary(summaries, "lodo", f"score.final's method ({'rank combination' if uses_rank(spec) else 'weighted '
+                                     'mean of raw proxies'}), LODO-chosen weights and family level (held-out fold "
+                                     "numbers; the estimate); tags: the tag queue on the shipped score.final",
+                  with_tags=True)
+    print_summary(summaries, "rank", "rank combination (rescore.RANK_COMBINATION), everything chosen and fitted on "
+                                     "the other datasets (held-out fold numbers); tags (--rank-tags): the tag queue "
+                                     "on the rank combination with RANK_WEIGHTS",
+                  with_tags=args.rank_tags, tags_key="rank_tags")
+    print_summary(summaries, "default", "score.final as shipped (chosen on all of these datasets, so not held-out)")
+    if len(scored) > 1:
+        choice, value = rank_choose(list(scored.values()), spec.gate)
+        w = rank_fit(list(scored.values()), choice)
+        print(f"\nrank combination chosen on all {len(scored)} datasets by LODO ({choice_text(choice)}; mean "
+              f"held-out rho - regret {value:.3f}), refitted on all (proposed RANK_WEIGHTS): {coef_text(w)}")
+        print(f"shipped RANK_WEIGHTS: {coef_text(RANK_WEIGHTS)}")
+        folds = {}
+        for ch, _, _ in ranked.values():
+            folds[choice_text(ch)] = folds.get(choice_text(ch), 0) + 1
+        print("rank LODO choices across folds: " + "; ".join(f"{k} ({v}x)" for k, v in folds.items()))
     overall_level, overall = (choose_joint(by_level, spec.weights, args.lodo_objective) if tables
                               else (FAMILY_AGREEMENT, ()))
     print(f"\nchosen on all {len(tables)} datasets (a proposed default; its estimate is the LODO table): "

@@ -245,7 +245,7 @@ def record_trial(tracker: Tracker, run_id: str, outputs: list[ImageOutput], metr
     Each image's overlay is also logged as an MLflow image (key
     ``overlay/<image>``, step 0), which MLflow's image charts show side by side
     across runs; the colour-coded ``labels.png`` is a plain artifact (an MLflow
-    image costs two more PNG encodings: ~30 ms per image in the recording thread).
+    image costs two more PNG encodings: ~30 ms per image in the recording process).
     """
     from opsef_opt.track.artifacts import image_key
 

@@ -29,7 +29,7 @@ from typing import Mapping
 
 from opsef_opt.score.registry import PROXIES
 
-__all__ = ["combine", "default_weights", "VETO"]
+__all__ = ["combine", "default_weights", "gate_and_veto", "VETO"]
 
 #: The proxy whose value 0 moves a result below every plausible one (see the module docstring).
 VETO = "plausible"
@@ -74,6 +74,13 @@ def combine(values: Mapping[str, float], weights: Mapping[str, float], gate: str
             total += float(w) * float(v)
             wsum += float(w)
     score = total / wsum if wsum else 0.0
+    return gate_and_veto(score, values, gate, veto)
+
+
+def gate_and_veto(score: float, values: Mapping[str, float], gate: str | None = "sanity",
+                  veto: str | None = VETO) -> float:
+    """A base score in [0, 1] times the gate's value, then below the veto (see the module docstring)."""
+    score = float(score)
     if gate is not None and _finite(values.get(gate)):
         score *= float(values[gate])
     if veto is not None and _finite(values.get(veto)):
