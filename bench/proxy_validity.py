@@ -20,8 +20,9 @@ Scoring is the LIBRARY's, as a study does it:
 * other weightings by ``opsef_opt.score.proxies.combine`` on those per-image
   values, averaged over images (as ``final_scores`` does). The consensus
   voters stay the ones chosen with the default weights;
-* the rank combination (``opsef_opt.score.proxies.rank``, what ``score.final``
-  is with the default weights): per-image pool percentiles come from
+* the rank combination (``opsef_opt.score.proxies.rank``; ``score.final``
+  when ``rescore.RANK_COMBINATION`` is on, off by default): per-image pool
+  percentiles come from
   ``final_scores(details=True)``; its coefficients are refitted per fold by
   ``fit_rank_weights`` and scored by the library's ``rank_combine``;
 * tags: ``opsef_opt.tags.queue.simulate_tagging`` when it exists, otherwise
@@ -35,11 +36,11 @@ What it prints, per dataset = per held-out fold:
   the combination uses it ("gated + vetoed": times the sanity gate, behind the
   plausible veto, so that e.g. contrast's liking for inverted pipelines, which
   the veto removes, does not hide what it adds among plausible ones);
-* the combined score as shipped (``score.final``: the rank combination with
-  the coefficients fitted on all datasets), the weighted mean of raw values
-  with the default weights and with the weights chosen by
-  leave-one-dataset-out (LODO) on the other datasets, and the rank
-  combination chosen and fitted on the other datasets (held out);
+* the combined score as shipped (``score.final``), the weighted mean of raw
+  values with the default weights and with the weights chosen by
+  leave-one-dataset-out (LODO) on the other datasets, the rank combination
+  with ``RANK_WEIGHTS`` and chosen and fitted on the other datasets (held
+  out);
 * catches: how many candidates with GT F1 < 0.1 rank above the median of each
   score; how many are flagged by ``sanity`` == 0 and ``plausible`` == 0 (when
   that proxy exists) and how many flagged ones were in fact good (GT F1 >= 0.5);
@@ -74,8 +75,8 @@ default weights; the level is the one whose choice does best on those same
 datasets (:func:`choose_joint`, ties to the library's level). The held-out
 dataset's numbers under that choice are the estimate.
 
-The rank combination (the library's ``score.final`` method) is validated the
-same way: for each held-out dataset, its design choices (the regularisation
+The rank combination (an alternative to the weighted mean, off by default) is
+validated the same way: for each held-out dataset, its design choices (the regularisation
 ``C`` of the pairwise logistic regression, ``rank.C_GRID``, and whether the
 "model gives no confidence" indicator is a feature) are chosen by
 leave-one-out over the other five (:func:`rank_choose`), its coefficients
@@ -87,7 +88,7 @@ and refitted on all datasets, the coefficients are the proposed
 Usage: python bench/proxy_validity.py [--rescore-only] [--datasets a,b] [--quick] [--no-he] [--no-tiny]
        [--tags 5,10,20] [--tag-seeds 5] [--lodo-objective mean|worst] [--save metrics.csv]
        [--families 0.8,0.9,0.95]
-       [--refresh cellpose,stardist]
+       [--refresh cellpose,stardist] [--rank-tags]
 """
 from __future__ import annotations
 
@@ -946,10 +947,10 @@ def main(argv: Sequence[str] | None = None) -> None:
             rank_tags = tag_curve(_with_proxy(sc, rank_scored(sc, RANK_WEIGHTS, spec.gate)), counts, args.tag_seeds)
         summaries.append(print_dataset(sc.variants[level], spec, chosen[d], args.lodo_objective, tags, level, sc,
                                        ranked.get(d), rank_tags))
-    print_summary(summaries, "lodo", f"score.final's method ({'rank combination' if uses_rank(spec) else 'weighted '
-                                     'mean of raw proxies'}), LODO-chosen weights and family level (held-out fold "
-                                     "numbers; the estimate); tags: the tag queue on the shipped score.final",
-                  with_tags=True)
+    method = "rank combination" if uses_rank(spec) else "weighted mean of raw proxies"
+    print_summary(summaries, "lodo", f"score.final's method ({method}), LODO-chosen weights and family level "
+                                     "(held-out fold numbers; the estimate); tags: the tag queue on the shipped "
+                                     "score.final", with_tags=True)
     print_summary(summaries, "rank", "rank combination (rescore.RANK_COMBINATION), everything chosen and fitted on "
                                      "the other datasets (held-out fold numbers); tags (--rank-tags): the tag queue "
                                      "on the rank combination with RANK_WEIGHTS",

@@ -163,7 +163,7 @@ def _worker() -> _Worker | None:
         return None
     try:
         _WORKER = _Worker()
-    except OSError as e:
+    except (OSError, ValueError) as e:  # ValueError: no pass_fds (Windows)
         _START_FAILED = True
         log.warning("recording process not started (%s); recording on a thread instead", e)
         return None
