@@ -21,7 +21,7 @@ Scoring is the LIBRARY's, as a study does it:
   values, averaged over images (as ``final_scores`` does). The consensus
   voters stay the ones chosen with the default weights;
 * the rank combination (``opsef_opt.score.proxies.rank``; ``score.final``
-  when ``rescore.RANK_COMBINATION`` is on, off by default): per-image pool
+  ``study.score.combination: rank``, off by default): per-image pool
   percentiles come from
   ``final_scores(details=True)``; its coefficients are refitted per fold by
   ``fit_rank_weights`` and scored by the library's ``rank_combine``;
@@ -771,9 +771,9 @@ def print_dataset(sc: Scored, spec, lodo_w: Weights, lodo_obj: str, tags: tuple[
             rows[f"proxy {p}, gated + vetoed"] = combined(sc, {p: 1.0}, spec.gate)
     rows["combined, default weights (score.final)"] = library.default
     base = dict(spec.weights)
-    rows["weighted mean, default weights"] = combined(library, base, spec.gate)
+    rows["combined, weighted mean, default weights"] = combined(library, base, spec.gate)
     lodo_score = combined(sc, {**base, **dict(lodo_w)}, spec.gate)
-    rows["weighted mean, LODO weights"] = lodo_score
+    rows["combined, LODO weights"] = lodo_score
     rows["rank combination, RANK_WEIGHTS"] = rank_scored(library, RANK_WEIGHTS, spec.gate)
     if rank is not None:
         rows["rank combination, LODO (held out)"] = rank[2]
@@ -812,7 +812,7 @@ def print_dataset(sc: Scored, spec, lodo_w: Weights, lodo_obj: str, tags: tuple[
                   f"F1 < {BROKEN_F1}, {int((zero & good).sum())} with GT F1 >= {GOOD_F1}); broken ones it misses: "
                   f"{int((broken & ~zero).sum())}")
     summary = {"dataset": sc.name, "n": len(f1), "best": float(np.nanmax(f1)),
-               "lodo": out["weighted mean, LODO weights"], "default": out["combined, default weights (score.final)"],
+               "lodo": out["combined, LODO weights"], "default": out["combined, default weights (score.final)"],
                "broken": int(broken.sum()), "broken_above_default": above_median(library.default, broken),
                "broken_above_lodo": above_median(lodo_score, broken)}
     if rank is not None:
@@ -830,9 +830,12 @@ def print_dataset(sc: Scored, spec, lodo_w: Weights, lodo_obj: str, tags: tuple[
     return summary
 
 
-def print_summary(rows: list[dict], key: str, title: str, with_tags: bool = False, tags_key: str = "tags") -> None:
+def print_summary(rows: list[dict], key: str, title: str, with_tags: bool | None = None,
+                  tags_key: str = "tags") -> None:
+    """The summary table of one score (``key`` of each row); the tags column by default for ``lodo`` only."""
     if not all(key in r for r in rows):
         return
+    with_tags = key == "lodo" if with_tags is None else with_tags
     print(f"\n## summary: {title}")
     print("| dataset | candidates | grid best GT F1 | pick's GT F1 | regret | rho | GT F1 < 0.1 above median |"
           + (" tags 5/10/20 regret |" if with_tags else ""))
@@ -951,11 +954,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     print_summary(summaries, "lodo", f"score.final's method ({method}), LODO-chosen weights and family level "
                                      "(held-out fold numbers; the estimate); tags: the tag queue on the shipped "
                                      "score.final", with_tags=True)
-    print_summary(summaries, "rank", "rank combination (rescore.RANK_COMBINATION), everything chosen and fitted on "
+    print_summary(summaries, "rank", "rank combination (study.score.combination: rank), everything chosen and fitted on "
                                      "the other datasets (held-out fold numbers); tags (--rank-tags): the tag queue "
                                      "on the rank combination with RANK_WEIGHTS",
                   with_tags=args.rank_tags, tags_key="rank_tags")
-    print_summary(summaries, "default", "score.final as shipped (chosen on all of these datasets, so not held-out)")
+    print_summary(summaries, "default", "score.final as shipped (chosen on all of these datasets, so not held-out)",
+                  with_tags=False)
     if len(scored) > 1:
         choice, value = rank_choose(list(scored.values()), spec.gate)
         w = rank_fit(list(scored.values()), choice)

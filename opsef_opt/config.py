@@ -104,7 +104,7 @@ def _proxies(where: str, node: Mapping) -> tuple[ProxySetting, ...]:
 def _score(where: str, node: Mapping) -> ScoreSpec:
     from opsef_opt.score import PROXIES
 
-    check_keys(where, node, dict.fromkeys(["objective", "iou", "aggregate", "proxies", "gate", "tags"]))
+    check_keys(where, node, dict.fromkeys(["objective", "iou", "aggregate", "proxies", "gate", "tags", "combination"]))
     objective = _objective(f"{where}.objective", node.get("objective", "auto"))
     iou = typed(f"{where}.iou", node.get("iou", 0.5), (int, float), "a number in (0, 1)")
     if not 0 < iou < 1:
@@ -121,8 +121,12 @@ def _score(where: str, node: Mapping) -> ScoreSpec:
             raise ConfigError(f"{where}.tags.values.{tag}: unknown tag; the tags are {', '.join(TAGS)}")
         values[tag] = float(typed(f"{where}.tags.values.{tag}", v, (int, float), "a number"))
     min_tagged = integer(f"{where}.tags.min_tagged", tags.get("min_tagged", 10), 2)
+    combination = choice(f"{where}.combination", node.get("combination", "mean"), ("mean", "rank"))
+    if combination == "rank" and node.get("proxies"):
+        raise ConfigError(f"{where}.combination=rank combines the proxies with learned coefficients; remove "
+                          f"{where}.proxies (their weights) or use combination=mean")
     return ScoreSpec(objective, float(iou), aggregate, _proxies(f"{where}.proxies", node.get("proxies") or {}),
-                     gate, values, min_tagged)
+                     gate, values, min_tagged, combination)
 
 
 def score_spec(node: Mapping | None = None) -> ScoreSpec:

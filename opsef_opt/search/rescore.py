@@ -14,7 +14,7 @@ values stay what the sampler saw.
 
 The combined proxy (``proxy.final``) is the weighted mean of the raw values
 (:func:`~opsef_opt.score.proxies.combine`). An alternative, off by default
-(:data:`RANK_COMBINATION`), is the *rank combination*
+(``study.score.combination: rank``), is the *rank combination*
 (:mod:`opsef_opt.score.proxies.rank`): per image, each proxy's percentile among
 the pool's plausible candidates (every stored candidate of every stage,
 identical label images once), combined with fixed coefficients fitted by
@@ -31,27 +31,21 @@ import numpy as np
 from opsef_opt.config import ScoreSpec
 from opsef_opt.score import PROXIES, ImageResult
 from opsef_opt.score.proxies import combine
-from opsef_opt.score.proxies.combine import default_weights
 from opsef_opt.score.proxies.rank import RANK_FEATURES, percentiles_of, rank_combine, reference_columns
 from opsef_opt.search.pool import ConsensusPool, LabelStore
 
-__all__ = ["final_scores", "common_final_scores", "uses_rank", "RANK_COMBINATION"]
-
-#: ``proxy.final`` is the rank combination when this is True and the weights are the defaults (weights set in
-#: ``study.score.proxies`` always give their weighted mean). Off: held out on the six GT sets of
-#: ``bench/proxy_validity.py`` (2026-11-27) it lowered the mean regret (0.081 -> 0.054, rho 0.80 -> 0.82) but
-#: made BBBC007 worse (regret 0.029 -> 0.084, rho 0.94 -> 0.76) and the simulated analyst's pick there after
-#: 20 comparisons (regret 0.001 -> 0.227): see README, Benchmarks.
-RANK_COMBINATION = False
-
+__all__ = ["final_scores", "common_final_scores", "uses_rank"]
 
 def uses_rank(spec: ScoreSpec) -> bool:
-    """Does ``proxy.final`` use the rank combination (switched on, default weights), or the weighted mean?"""
-    if not RANK_COMBINATION:
-        return False
-    defaults = default_weights()
-    return all(abs(float(spec.weights.get(k, 0.0)) - float(w)) < 1e-12 for k, w in defaults.items()) and \
-        all(k in defaults for k, w in spec.weights.items() if w)
+    """Does ``proxy.final`` use the rank combination (``study.score.combination: rank``)?
+
+    Off by default: held out on the six GT sets of ``bench/proxy_validity.py``
+    (2026-11-27) it lowered the mean regret (0.081 -> 0.054, rho 0.80 -> 0.82)
+    but made BBBC007 worse (regret 0.029 -> 0.084, rho 0.94 -> 0.76) and the
+    simulated analyst's pick there after 20 comparisons (regret 0.001 ->
+    0.227): see README, Benchmarks.
+    """
+    return spec.combination == "rank"
 
 
 def final_scores(store: LabelStore, spec: ScoreSpec, objective: str, trials: list[int],
