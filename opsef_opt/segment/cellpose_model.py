@@ -48,10 +48,14 @@ Where the weights are found: :mod:`opsef_opt.segment.cellpose_weights`
 
 Cellpose 4 (Cellpose-SAM)
 -------------------------
-Not installed or tested here; the adapter follows Cellpose 4's API when its
-major version is 4: the model is ``cpsam`` (file ``cpsam`` in the same
-model folder, from
-``https://huggingface.co/mouseland/cellpose-sam/resolve/main/cpsam``) or a
+Not what the project installs (it pins Cellpose 3.1). Its inference /
+post-processing split was checked against Cellpose 4.2.1.1's own ``eval`` in a
+separate environment, with a randomly initialised Cellpose-SAM network
+(``bench/cellpose4_split.py``: equal labels, 243-512 objects); loading,
+downloads and the confidence are otherwise untested there. The model is a
+built-in name (``cpsam``; 4.2 adds ``cpsam_v2``, ``cpdino``, ``cpdino-vitb``:
+file of that name in the same model folder, from
+``https://huggingface.co/mouseland/cellpose-sam/resolve/main/<name>``) or a
 Cellpose 4 model file, loaded with ``models.CellposeModel(pretrained_model=
 <file>)``; ``eval`` takes no ``channels`` argument (the transformer takes up
 to 3 channels and is channel-order invariant), and the size convention is
@@ -212,11 +216,6 @@ class CellposeSegmenter(Segmenter):
     # flow_threshold and cellprob_threshold act on the flows and cell probability it returns
     inference_params = ("diameter", "scale", "normalize", "invert")
 
-    def split_params(self, params: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-        if self.cp4:  # Cellpose 4's mask step is not split here (untested): one whole call, all params inference
-            return {k: v for k, v in params.items() if k != "stats"}, {}
-        return super().split_params(params)
-
     def _eval_kwargs(self, d: float | None, normalize: bool) -> dict[str, Any]:
         kwargs: dict[str, Any] = dict(diameter=d, normalize=bool(normalize))
         if not self.cp4:
@@ -228,8 +227,7 @@ class CellposeSegmenter(Segmenter):
               cellprob_threshold: float = 0.0, **_: Any) -> dict[str, np.ndarray]:
         """Flows ``dP`` (2, Y, X) and ``cellprob`` (Y, X) at the image's size, and the diameter used.
 
-        Cellpose 3: the network only (``compute_masks=False``), as ``eval`` runs it. Cellpose 4: the
-        whole ``eval`` (masks included; the thresholds are then inference params, see ``split_params``).
+        The network only (``compute_masks=False``), as ``eval`` runs it, in Cellpose 3 and 4.
         """
         img = np.asarray(image, dtype=np.float32)
         if img.ndim != 2:
@@ -238,11 +236,6 @@ class CellposeSegmenter(Segmenter):
         if invert:  # here, not in Cellpose: Cellpose ignores invert when normalize is False
             img = 1.0 - img
         kwargs = self._eval_kwargs(d, normalize)
-        if self.cp4:
-            masks, flows, _styles = self._model.eval(img, flow_threshold=float(flow_threshold),
-                                                     cellprob_threshold=float(cellprob_threshold), **kwargs)[:3]
-            return {"masks": np.asarray(masks).astype(np.int32, copy=False), "dP": np.asarray(flows[1]),
-                    "cellprob": np.asarray(flows[2]), "diameter": np.asarray(np.nan if d is None else d)}
         _masks, flows, _styles = self._model.eval(img, compute_masks=False, **kwargs)[:3]
         return {"dP": np.asarray(flows[1]), "cellprob": np.asarray(flows[2]),
                 "diameter": np.asarray(np.nan if d is None else d, np.float64)}
@@ -252,10 +245,7 @@ class CellposeSegmenter(Segmenter):
         dP, cellprob = raw["dP"], raw["cellprob"]
         d = float(raw["diameter"])
         d = None if np.isnan(d) else d
-        if self.cp4:
-            labels = np.asarray(raw["masks"]).astype(np.int32, copy=False)
-        else:
-            labels = self._masks(dP, cellprob, d, float(flow_threshold), float(cellprob_threshold))
+        labels = self._masks(dP, cellprob, d, float(flow_threshold), float(cellprob_threshold))
         flows = [None, dP, cellprob]
         prob = _cell_probability(labels, flows)
         errors = _flow_error(labels, flows, getattr(self._model, "device", None)) if prob else None
@@ -264,13 +254,20 @@ class CellposeSegmenter(Segmenter):
 
     def _masks(self, dP: np.ndarray, cellprob: np.ndarray, d: float | None, flow_threshold: float,
                cellprob_threshold: float) -> np.ndarray:
-        """Cellpose 3 ``eval``'s mask step for one 2D image, with its defaults (``niter`` from the rescale)."""
+        """``eval``'s mask step for one 2D image, with its defaults (``niter`` from the rescale)."""
+        h, w = cellprob.shape
+        if self.cp4:  # Cellpose 4.x eval: rescale = 30 / diameter (none: 1), niter = int(200 / rescale)
+            rescale = 30.0 / d if d is not None and d > 0 else 1.0
+            masks = self._model._compute_masks((1, h, w), dP[:, None], cellprob[None], flow_threshold=flow_threshold,
+                                               cellprob_threshold=cellprob_threshold, min_size=15,
+                                               max_size_fraction=0.4, niter=int(200 / rescale),
+                                               stitch_threshold=0.0, do_3D=False)
+            return np.asarray(masks).squeeze().astype(np.int32, copy=False)
         if d is not None and d > 0:
             rescale = self.diam_mean / d
         else:
             rescale = self.diam_mean / self._model.diam_labels
         niter = 1 / rescale * 200  # eval: resample=True, niter=None
-        h, w = cellprob.shape
         masks = self._model._compute_masks((1, h, w), dP[:, None], cellprob[None], flow_threshold=flow_threshold,
                                            cellprob_threshold=cellprob_threshold, interp=True, min_size=15,
                                            max_size_fraction=0.4, niter=niter)

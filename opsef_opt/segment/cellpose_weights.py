@@ -22,7 +22,9 @@ from opsef_opt.segment.download import host_answers
 __all__ = ["cellpose_model_dir", "cellpose_version", "resolve_model", "infer_widths", "MissingBuiltin"]
 
 CP3_URL = "https://www.cellpose.org/models"
-CPSAM_URL = "https://huggingface.co/mouseland/cellpose-sam/resolve/main/cpsam"
+#: Cellpose 4's download folder (cellpose.models._MODEL_URL); a built-in's file is this + its name
+CP4_URL = "https://huggingface.co/mouseland/cellpose-sam/resolve/main"
+CPSAM_URL = f"{CP4_URL}/cpsam"
 ENV_DIR = "CELLPOSE_LOCAL_MODELS_PATH"
 
 #: Cellpose 3.1's built-in model names (cellpose.models.MODEL_NAMES)
@@ -32,7 +34,8 @@ CP3_NAMES = (
     "transformer_cp3", "neurips_cellpose_default", "neurips_cellpose_transformer",
     "neurips_grayscale_cyto2", "CP", "TN1", "TN2", "TN3", "LC1", "LC2", "LC3", "LC4",
 )
-CP4_NAMES = ("cpsam",)
+#: Cellpose 4's built-in model names (cellpose.models.MODEL_NAMES of 4.2; 4.0 and 4.1 have cpsam only)
+CP4_NAMES = ("cpsam", "cpsam_v2", "cpdino", "cpdino-vitb")
 #: the names users pick from (others in CP3_NAMES work too)
 MAIN_NAMES = ("nuclei", "cyto", "cyto2", "cyto3")
 
@@ -122,7 +125,7 @@ def resolve_model(model: str) -> _Resolved:
     folder = cellpose_model_dir()
     if model in names:
         fname = _builtin_file(model)
-        url = CPSAM_URL if major >= 4 else f"{CP3_URL}/{fname}"
+        url = f"{CP4_URL}/{fname}" if major >= 4 else f"{CP3_URL}/{fname}"
         path = folder / fname
         if not path.is_file():
             raise MissingBuiltin(
