@@ -31,6 +31,7 @@ import numpy as np
 from opsef_opt.config import ScoreSpec
 from opsef_opt.score import PROXIES, ImageResult
 from opsef_opt.score.proxies import combine
+from opsef_opt.score.proxies.combine import _finite
 from opsef_opt.score.proxies.rank import RANK_FEATURES, percentiles_of, rank_combine, reference_columns
 from opsef_opt.search.pool import ConsensusPool, LabelStore
 
@@ -192,10 +193,6 @@ def _final_values(m: Mapping[str, float], spec: ScoreSpec, size_ok: bool) -> dic
     if spec.gate and spec.gate not in values:
         values[spec.gate] = m.get(f"proxy.{spec.gate}", math.nan)
     return values
-
-
-def _finite(v) -> bool:
-    return v is not None and isinstance(v, (int, float)) and math.isfinite(float(v))
 
 
 def _nanmean(values: list[float]) -> float:

@@ -51,7 +51,7 @@ class TrialContext:
     cache: PreprocessCache
     tracker: Tracker
     parent_run_id: str
-    recorder: Recorder | ProcessRecorder  # the search's: a process; record_unrecorded's: in line
+    recorder: Recorder | ProcessRecorder  # a recording process (a thread where that cannot run)
     store: LabelStore
     pool: ConsensusPool | None = None
     log_artifacts: bool = True

@@ -77,7 +77,7 @@ from opsef_opt.segment.cellpose_confidence import (  # noqa: F401  (re-exported)
     FLOW_ERROR_SCALE, _cell_probability, _confidence, _flow_error,
 )
 from opsef_opt.segment.cellpose_weights import (  # noqa: F401  (re-exported)
-    CP3_NAMES, CP3_URL, CP4_NAMES, CPSAM_URL, ENV_DIR, MAIN_NAMES, MissingBuiltin, _download_builtin, _major,
+    CP3_NAMES, CP3_URL, CP4_NAMES, CP4_URL, ENV_DIR, MAIN_NAMES, MissingBuiltin, _download_builtin, _major,
     cellpose_model_dir, cellpose_version, infer_widths, resolve_model,
 )
 from opsef_opt.segment.device import DEVICES

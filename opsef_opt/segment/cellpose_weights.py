@@ -24,7 +24,6 @@ __all__ = ["cellpose_model_dir", "cellpose_version", "resolve_model", "infer_wid
 CP3_URL = "https://www.cellpose.org/models"
 #: Cellpose 4's download folder (cellpose.models._MODEL_URL); a built-in's file is this + its name
 CP4_URL = "https://huggingface.co/mouseland/cellpose-sam/resolve/main"
-CPSAM_URL = f"{CP4_URL}/cpsam"
 ENV_DIR = "CELLPOSE_LOCAL_MODELS_PATH"
 
 #: Cellpose 3.1's built-in model names (cellpose.models.MODEL_NAMES)

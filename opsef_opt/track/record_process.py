@@ -200,13 +200,13 @@ class ProcessRecorder:
         worker = _worker() if self._thread is None else None
         if worker is not None:
             try:
-                self._pending.append((what, worker.submit(fn, args), fn, args))
+                fut = worker.submit(fn, args)
             except _Gone:
                 self._lost()
-            except (pickle.PicklingError, TypeError, AttributeError):  # not for another process: here
-                self._fallback().submit(what, fn, *args)
-                return
+            except (pickle.PicklingError, TypeError, AttributeError):  # not for another process: on the thread
+                pass
             else:
+                self._pending.append((what, fut, fn, args))
                 while len(self._pending) > self.max_pending:
                     self._settle(*self._pending.popleft())
                 return

@@ -119,11 +119,7 @@ def percentiles_of(values: Mapping[str, float], columns: Mapping[str, np.ndarray
     out = {}
     for f, ref in columns.items():
         v = values.get(f)
-        if not _finite(v) or ref.size == 0:
-            out[f] = math.nan
-            continue
-        v = float(v)
-        out[f] = float(np.searchsorted(ref, v, "left") + np.searchsorted(ref, v, "right")) / (2.0 * ref.size)
+        out[f] = float(percentiles([v], ref)[0]) if _finite(v) else math.nan
     return out
 
 
