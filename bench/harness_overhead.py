@@ -11,7 +11,12 @@ then reads the Optuna storage and MLflow store it produced and prints:
   fixed cost would be 5 %;
 - preprocessing computations vs. cache hits;
 - what the fixed cost per trial is made of (scoring vs. the rest) and the
-  network forward passes the study ran (and raw outputs it reused).
+  network forward passes the study ran (and raw outputs it reused);
+- the floor no harness on this stack can go under: the study's own trials
+  replayed on a fresh Optuna SQLite storage with nothing but ask, the three
+  user attributes a trial stores and tell, and one bare MLflow run per trial
+  with the same parameters and metrics (no artifacts), in ms per trial, next
+  to the model time per trial.
 
 Usage: python bench/harness_overhead.py [--keep DIR] [hydra overrides ...]
 """
@@ -89,8 +94,60 @@ def main() -> None:
     if np.isfinite(fwd).any():
         print(f"network forward passes: {int(np.nansum(fwd))} (raw outputs reused: "
               f"{int(np.nansum(m('inference_reused')))})")
+    opt_ms, mlf_ms = stack_floor(trials, runs[0], Path(tempfile.mkdtemp(prefix="opsef-floor-")))
+    model = inside / n * 1000
+    print(f"floor per trial (this stack, no opsef-opt code): Optuna ask + 3 user attributes + tell {opt_ms:.1f} ms "
+          f"in the search process; a bare MLflow run with the same {len(runs[0].data.params)} parameters and "
+          f"{len(runs[0].data.metrics)} metrics {mlf_ms:.1f} ms; model time {model:.1f} ms per trial "
+          f"(mean), so overhead <= 20 % of the loop means <= {model / 4:.1f} ms per trial")
     if not args.keep:
         print(f"(outputs in {work})")
+
+
+def stack_floor(trials: list, run, folder: Path) -> tuple[float, float]:
+    """ms per trial that Optuna's RDB storage and MLflow's store cost with nothing else around them.
+
+    Replays ``trials`` (their distributions, parameters, values and stored
+    summaries) on a fresh SQLite Optuna storage in WAL mode, as the study uses
+    it, and creates one MLflow run per trial in a fresh SQLite store with the
+    parameters and metrics of ``run``.
+    """
+    import mlflow.entities as me
+
+    from opsef_opt.backends import fast_commits
+
+    db = folder / "optuna.db"
+    optuna.storages.RDBStorage(f"sqlite:///{db}").engine.dispose()
+    fast_commits(db)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = optuna.storages.RDBStorage(f"sqlite:///{db}", heartbeat_interval=60, grace_period=120)
+    study = optuna.create_study(study_name="floor", storage=storage, direction="maximize",
+                                sampler=optuna.samplers.RandomSampler(seed=0))
+    for t in trials:
+        study.enqueue_trial(t.params)
+    t0 = time.perf_counter()
+    for t in trials:
+        trial = study.ask(fixed_distributions=t.distributions)
+        trial.set_user_attr("worker", "host:1")
+        trial.set_user_attr("mlflow_run_id", "0" * 32)
+        trial.set_user_attr("summary", t.user_attrs.get("summary", {}))
+        study.tell(trial, t.value)
+    opt = (time.perf_counter() - t0) / len(trials) * 1000
+
+    fast_commits(folder / "mlflow.db")
+    client = MlflowClient(f"sqlite:///{folder / 'mlflow.db'}")
+    exp = client.create_experiment("floor", artifact_location=(folder / "artifacts").as_uri())
+    params = [me.Param(k, v) for k, v in run.data.params.items()]
+    t0 = time.perf_counter()
+    for t in trials:
+        r = client.create_run(exp, run_name=f"trial {t.number}", tags={"optuna.trial": str(t.number)})
+        client.log_batch(r.info.run_id, params=params)
+        now = int(time.time() * 1000)
+        client.log_batch(r.info.run_id, metrics=[me.Metric(k, v, now, 0) for k, v in run.data.metrics.items()],
+                         tags=[me.RunTag("opsef.status", "complete")])
+        client.set_terminated(r.info.run_id, "FINISHED")
+    mlf = (time.perf_counter() - t0) / len(trials) * 1000
+    return opt, mlf
 
 
 if __name__ == "__main__":
