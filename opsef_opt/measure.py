@@ -29,22 +29,28 @@ def inertia_eigvals(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return half_trace + root, np.maximum(half_trace - root, 0)
 
 
-def axis_lengths(labels: np.ndarray, ids: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Major and minor axis lengths (4 * sqrt of the eigenvalues, as scikit-image defines them)."""
-    l1, l2 = inertia_eigvals(labels)
+def axis_lengths(labels: np.ndarray, ids: np.ndarray | None = None,
+                 eigvals: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Major and minor axis lengths (4 * sqrt of the eigenvalues, as scikit-image defines them).
+
+    ``eigvals``: :func:`inertia_eigvals` of ``labels`` when the caller has them already.
+    """
+    l1, l2 = inertia_eigvals(labels) if eigvals is None else eigvals
     major, minor = 4 * np.sqrt(l1), 4 * np.sqrt(l2)
     return (major[1:], minor[1:]) if ids is None else (major[np.asarray(ids, int)], minor[np.asarray(ids, int)])
 
 
-def eccentricity(labels: np.ndarray, ids: np.ndarray | None = None) -> np.ndarray:
+def eccentricity(labels: np.ndarray, ids: np.ndarray | None = None,
+                 eigvals: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
     """Eccentricity of each object in ``ids`` (default 1..max), as scikit-image defines it, for all at once.
 
     From the eigenvalues l1 >= l2 of each object's pixel-coordinate covariance
     (its inertia tensor): sqrt(1 - l2 / l1); 0 for a disc, towards 1 for a line.
     scikit-image computes the same per object in Python, which dominated the
     time to write a region table (30 ms for 50 nuclei vs. < 1 ms here).
+    ``eigvals`` as in :func:`axis_lengths`.
     """
-    l1, l2 = inertia_eigvals(labels)
+    l1, l2 = inertia_eigvals(labels) if eigvals is None else eigvals
     ecc = np.where(l1 > 0, np.sqrt(np.clip(1 - l2 / np.where(l1 > 0, l1, 1), 0, 1)), 0.0)
     return ecc[1:] if ids is None else ecc[np.asarray(ids, dtype=int)]
 

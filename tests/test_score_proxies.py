@@ -469,3 +469,39 @@ def test_separation_ranks_broken_cases_below_good_and_ignores_inversion(name):
         assert separation_score(result(name, broken(kind, c["truth"])))["separation"] < good, kind
     dark = separation_score(ImageResult(c["truth"], 1 - c["raw"], raw=1 - c["raw"]))["separation"]
     assert dark == pytest.approx(good, abs=1e-4)
+
+
+def test_window_extremes_equal_ndimage_filters():
+    """The contrast proxy's fast box max/min give ndimage's values exactly, edges included (2D and 3D)."""
+    from scipy import ndimage as ndi
+
+    from opsef_opt.score.proxies.contrast import _window_extreme
+
+    rng = np.random.default_rng(3)
+    for shape in [(1, 9), (40, 57), (5, 6, 7)]:
+        lab = rng.integers(0, 40, shape).astype(np.int32)
+        for r in (1, 2, 4):
+            assert np.array_equal(_window_extreme(lab, r, np.maximum),
+                                  ndi.maximum_filter(lab, size=2 * r + 1, mode="nearest"))
+        assert np.array_equal(_window_extreme(lab, 1, np.minimum), ndi.grey_erosion(lab, size=(3,) * lab.ndim))
+
+
+def test_raw_image_values_are_computed_once_per_image_object():
+    """What every candidate shares (the raw image's gradient) is computed once; a new image is not served stale values."""
+    from opsef_opt.score.proxies._derived import derived
+
+    calls = []
+
+    def grad(a):
+        calls.append(1)
+        return a * 2
+
+    a = np.arange(12, dtype=np.float32).reshape(3, 4)
+    assert derived(a, "test", grad) is derived(a, "test", grad)
+    assert len(calls) == 1
+    b = a.copy()  # equal values, another image: computed for it
+    derived(b, "test", grad)
+    assert len(calls) == 2
+    del a
+    c = np.full((3, 4), 7, np.float32)  # may reuse a's id: must not get a's value
+    assert np.array_equal(derived(c, "test", grad), c * 2)

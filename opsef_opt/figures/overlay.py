@@ -217,6 +217,13 @@ def _table(n: int, ids_colors: list[tuple[set | frozenset, tuple[int, int, int]]
     return table
 
 
+def _member(labels: np.ndarray, ids: set | frozenset, n: int) -> np.ndarray:
+    """``np.isin(labels, ids)`` for non-negative ids up to ``n``, by table lookup (no sort of the image)."""
+    table = np.zeros(max(n, int(labels.max(initial=0))) + 1, bool)
+    table[np.fromiter(ids, int, len(ids))] = True
+    return table[labels]
+
+
 def truth_overlay(image: np.ndarray, labels: np.ndarray, truth: np.ndarray, match: Match | None = None,
                   scale: int = 1, sparse: bool = False, width: int | None = None) -> tuple[np.ndarray, Match]:
     """``image`` with true positives, false positives and misses coloured; and the :class:`Match`.
@@ -230,16 +237,16 @@ def truth_overlay(image: np.ndarray, labels: np.ndarray, truth: np.ndarray, matc
     tru = truth if scale == 1 else np.repeat(np.repeat(truth, scale, 0), scale, 1)
     width = width or line_width(scale)
     rgb = _rgb(img8)
-    missed = np.where(np.isin(tru, list(match.fn)), tru, 0) if match.fn else np.zeros_like(tru)
     # ids of the whole image's matching (a crop may hold fewer objects than the tables must cover)
     n_true = max(int(tru.max(initial=0)), max(match.fn, default=0))
     n = max(int(lab.max(initial=0)), max(match.tp | match.fp | match.unjudged, default=0))
+    missed = np.where(_member(tru, match.fn, n_true), tru, 0) if match.fn else np.zeros_like(tru)
     fn_table = _table(n_true, [(match.fn, FN_RGB)])
     table = _table(n, [(match.tp, TP_RGB), (match.fp, FP_RGB), (match.unjudged, UNJUDGED_RGB)])
     # tints first (misses, then false positives), then the outlines on top: no tint dims a line
     for ids, lab_img, tab in ((match.fn, missed, fn_table), (match.fp, lab, table)):
         if ids:
-            inside = np.isin(lab_img, list(ids))
+            inside = _member(lab_img, ids, max(n, n_true))
             rgb[inside] = np.round(rgb[inside] * (1 - TINT) + tab[lab_img[inside]] * TINT).astype(np.uint8)
     draw_outlines(rgb, missed, fn_table, width)
     draw_outlines(rgb, lab, table, width)

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 from skimage.measure import regionprops_table
 
-from opsef_opt.measure import axis_lengths, eccentricity, perimeter_crofton
+from opsef_opt.measure import axis_lengths, eccentricity, inertia_eigvals, perimeter_crofton
 
 __all__ = ["region_properties", "raw_intensity", "PROPERTY_NAMES", "SHAPE_NAMES", "INTENSITY_NAMES"]
 
@@ -171,7 +171,8 @@ def region_properties(
         count = np.maximum(np.bincount(lab, minlength=n), 1)
         props["centroid-0"] = (np.bincount(lab, yy, n) / count)[ids]
         props["centroid-1"] = (np.bincount(lab, xx, n) / count)[ids]
-        props["axis_major_length"], props["axis_minor_length"] = axis_lengths(labels, ids)
+        eigvals = inertia_eigvals(labels)  # once for the axes and the eccentricity
+        props["axis_major_length"], props["axis_minor_length"] = axis_lengths(labels, ids, eigvals)
     else:
         props = regionprops_table(labels, properties=_GEOMETRY)
         ids = props.pop("label").astype(np.int64)
@@ -191,7 +192,7 @@ def region_properties(
         with np.errstate(divide="ignore", invalid="ignore"):
             circ = np.where(perim > 0, 4 * np.pi * area / perim**2, np.nan)
         table["circularity"] = np.minimum(circ, 1.0)
-        table["eccentricity"] = eccentricity(labels, ids)
+        table["eccentricity"] = eccentricity(labels, ids, eigvals)
     else:
         table["perimeter"] = table["circularity"] = table["eccentricity"] = np.nan
     table["solidity"] = props["solidity"]

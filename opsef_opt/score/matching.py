@@ -92,8 +92,10 @@ def relabel(labels: np.ndarray) -> tuple[np.ndarray, int]:
         return np.zeros(lab.shape, np.int32), 0
     present = np.bincount(lab.ravel(), minlength=top + 1) > 0
     present[0] = False
-    lut = np.zeros(top + 1, np.int32)
     n = int(present.sum())
+    if n == top:  # already 1..n: no copy (callers only read it)
+        return lab.astype(np.int32, copy=False), n
+    lut = np.zeros(top + 1, np.int32)
     lut[present] = np.arange(1, n + 1, dtype=np.int32)
     return lut[lab], n
 

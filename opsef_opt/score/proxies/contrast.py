@@ -33,10 +33,13 @@ Works for 2D and 3D labels. No objects: 0.
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 from scipy import ndimage as ndi
 
 from opsef_opt.params import Param
+from opsef_opt.score.proxies._derived import derived
 from opsef_opt.score.proxies._match import relabel
 from opsef_opt.score.registry import ImageResult, register_proxy
 
@@ -54,6 +57,37 @@ def reference_image(result: ImageResult) -> np.ndarray:
     if image.shape != np.shape(result.labels):
         raise ValueError(f"image shape {image.shape} does not match labels shape {np.shape(result.labels)}")
     return image
+
+
+def _window_extreme(labels: np.ndarray, radius: int, pick: Callable) -> np.ndarray:
+    """``pick`` (``np.maximum`` / ``np.minimum``) over the (2 radius + 1)-wide box around each pixel.
+
+    Image edges repeat the border pixel, so this equals
+    ``ndimage.maximum_filter(labels, size, mode="nearest")`` (and, for radius
+    1, ``ndimage.grey_erosion(labels, size)``, whose "reflect" edges repeat
+    the border too); separable shifted slices are ~3x faster than ndimage's
+    filters on label images.
+    """
+    out = np.asarray(labels)
+    for axis in range(out.ndim):
+        pad = [(0, 0)] * out.ndim
+        pad[axis] = (radius, radius)
+        padded = np.pad(out, pad, mode="edge")
+        n = out.shape[axis]
+
+        def shifted(k: int) -> np.ndarray:
+            return padded[(slice(None),) * axis + (slice(k, k + n),)]
+
+        acc = shifted(0).copy()
+        for k in range(1, 2 * radius + 1):
+            pick(acc, shifted(k), out=acc)
+        out = acc
+    return out
+
+
+def _gradient(image: np.ndarray) -> np.ndarray:
+    """Sobel gradient magnitude, float32."""
+    return np.sqrt(sum(ndi.sobel(image, axis=a) ** 2 for a in range(image.ndim))).astype(np.float32)
 
 
 def _spread(image: np.ndarray) -> float:
@@ -77,7 +111,7 @@ def object_contrast(labels: np.ndarray, image: np.ndarray, ring: int = 2) -> np.
     n = int(labels.max(initial=0))
     if n == 0:
         return np.zeros(0)
-    grown = ndi.maximum_filter(labels, size=2 * int(ring) + 1, mode="nearest")
+    grown = _window_extreme(labels, int(ring), np.maximum)
     band = np.where(labels == 0, grown, 0).ravel()
     lab = labels.ravel()
     flat = image.ravel().astype(np.float64)
@@ -85,7 +119,7 @@ def object_contrast(labels: np.ndarray, image: np.ndarray, ring: int = 2) -> np.
     inside = np.bincount(lab, flat, minlength=n + 1)[1:] / np.maximum(inside_n, 1)
     ring_n = np.bincount(band, minlength=n + 1)[1:]
     ring_mean = np.bincount(band, flat, minlength=n + 1)[1:] / np.maximum(ring_n, 1)
-    value = np.clip(np.abs(inside - ring_mean) / _spread(image), 0.0, 1.0)
+    value = np.clip(np.abs(inside - ring_mean) / derived(image, "spread", _spread), 0.0, 1.0)
     return np.where(ring_n > 0, value, np.nan)
 
 
@@ -93,8 +127,8 @@ def edge_alignment(labels: np.ndarray, image: np.ndarray) -> float:
     """Share of pixels with a gradient magnitude below the mean gradient on the object boundaries."""
     labels = np.asarray(labels)
     image = np.asarray(image, np.float32)
-    grad = np.sqrt(sum(ndi.sobel(image, axis=a) ** 2 for a in range(image.ndim)))
-    boundary = labels != ndi.grey_erosion(labels, size=(3,) * labels.ndim)
+    grad = derived(image, "gradient", _gradient)
+    boundary = labels != _window_extreme(labels, 1, np.minimum)
     boundary &= labels > 0
     if not boundary.any():
         return 0.0
