@@ -267,3 +267,35 @@ def test_metrics_equal_stardists_matching(iou):
     for k in ref:
         assert ours[k] == (ref[k] if k in COUNTS else pytest.approx(ref[k], rel=1e-6)), ("pooled", k)
     assert 0 < ours["tp"] < ours["n_true"]  # the variants include partial matches
+
+
+def test_a_trial_matches_each_image_once_for_both_aggregations(monkeypatch):
+    """The objective's per-image and pooled ground-truth metrics come from one matching per image, and equal
+    what gt.image_metrics / gt.pooled_metrics give on their own."""
+    from opsef_opt.config import score_spec
+    from opsef_opt.score import ImageResult
+    from opsef_opt.score import gt as gt_module
+    from opsef_opt.score.objective import Objective
+
+    rng = np.random.default_rng(0)
+    truths, preds = [], []
+    for shift in (0, 2, 5):
+        truth = np.zeros((64, 64), np.int32)
+        for i, (y, x) in enumerate(rng.integers(4, 56, (6, 2)), 1):
+            truth[y - 3:y + 4, x - 3:x + 4] = i
+        truths.append(truth)
+        preds.append(np.roll(truth, shift, axis=1))
+    calls = []
+    real = gt_module.match_counts
+    monkeypatch.setattr(gt_module, "match_counts", lambda *a, **k: calls.append(1) or real(*a, **k))
+    objective = Objective(score_spec({}), "gt_f1")
+    results = [ImageResult(p, p.astype(np.float32), truth=t) for t, p in zip(truths, preds)]
+    per_image = [objective.image_metrics(r) for r in results]
+    metrics = objective.trial_metrics(per_image, results)
+    assert len(calls) == 3
+    monkeypatch.setattr(gt_module, "match_counts", real)
+    pooled = gt_module.pooled_metrics(truths, preds)
+    assert {k: metrics[f"gt.pooled.{k}"] for k in pooled} == pooled
+    for m, t, p in zip(per_image, truths, preds):
+        assert {k: m[f"gt.{k}"] for k in gt_module.image_metrics(t, p)} == gt_module.image_metrics(t, p)
+    assert 0 < pooled["f1"] < 1

@@ -48,9 +48,12 @@ from opsef_opt.score.matching import Counts, match_counts
 __all__ = [
     "GT_METRICS",
     "THRESHOLDS",
+    "image_counts",
     "image_metrics",
+    "image_metrics_from_counts",
     "instance_metrics",
     "mean_metrics",
+    "pooled_from_counts",
     "pooled_metrics",
     "restrict_to_labelled",
 ]
@@ -224,12 +227,27 @@ def image_metrics(truth: np.ndarray, pred: np.ndarray, iou: float = 0.5,
         If the shapes differ (the message names both), or labels are not
         non-negative integers.
     """
-    _check_shapes(truth, pred)
-    t = _as_labels(truth, "truth")
-    p = _as_labels(pred, "pred")
+    return _summarise(image_counts(truth, pred, iou, sparse), iou)
+
+
+def image_metrics_from_counts(counts: Mapping[float, Counts], iou: float = 0.5) -> dict[str, float]:
+    """:func:`image_metrics` from the image's :func:`image_counts` (computed with the same ``iou``)."""
+    return _summarise(counts, iou)
+
+
+def image_counts(truth: np.ndarray, pred: np.ndarray, iou: float = 0.5, sparse: bool = False,
+                 where: str = "") -> dict[float, Counts]:
+    """One image's matching counts at every threshold :func:`image_metrics` and :func:`pooled_metrics` use.
+
+    Both aggregations are sums or ratios of these, so a caller that needs
+    both matches each image once (:func:`pooled_from_counts`).
+    """
+    _check_shapes(truth, pred, where=where)
+    t = _as_labels(truth, f"truth{where}")
+    p = _as_labels(pred, f"pred{where}")
     if sparse:
         p = restrict_to_labelled(t, p)
-    return _summarise(match_counts(t, p, _thresholds(iou)), iou)
+    return match_counts(t, p, _thresholds(iou))
 
 
 def pooled_metrics(truths: Sequence[np.ndarray], preds: Sequence[np.ndarray], iou: float = 0.5,
@@ -265,18 +283,15 @@ def pooled_metrics(truths: Sequence[np.ndarray], preds: Sequence[np.ndarray], io
         raise ValueError(f"{len(truths)} ground-truth images but {len(preds)} predictions")
     if len(truths) == 0:
         raise ValueError("no images to score")
-    ts, ps = [], []
-    for i, (truth, pred) in enumerate(zip(truths, preds)):
-        _check_shapes(truth, pred, where=f" (image {i})")
-        t = _as_labels(truth, f"truth {i}")
-        p = _as_labels(pred, f"pred {i}")
-        ts.append(t)
-        ps.append(restrict_to_labelled(t, p) if sparse else p)
-    thresholds = _thresholds(iou)
-    per_image = [match_counts(t, p, thresholds) for t, p in zip(ts, ps)]
+    return pooled_from_counts([image_counts(t, p, iou, sparse, where=f" (image {i})")
+                               for i, (t, p) in enumerate(zip(truths, preds))], iou)
+
+
+def pooled_from_counts(per_image: Sequence[Mapping[float, Counts]], iou: float = 0.5) -> dict[str, float]:
+    """:func:`pooled_metrics` from each image's :func:`image_counts` (computed with the same ``iou``)."""
     pooled = {th: Counts(th, *(sum(getattr(m[th], k) for m in per_image)
                                for k in ("tp", "n_true", "n_pred", "sum_matched_score")))
-              for th in map(float, thresholds)}
+              for th in map(float, _thresholds(iou))}
     return _summarise(pooled, iou)
 
 

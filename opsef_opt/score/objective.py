@@ -14,7 +14,8 @@ and, when the images have labels, the ground-truth metrics. Metric names:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+import weakref
+from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -51,6 +52,9 @@ class Objective:
     name: str
     sparse: bool = False
     tag_model: Any = None
+    #: each image's ground-truth matching counts since the last trial_metrics, keyed by its result
+    #: (identity, weakly held), so the pooled metrics do not match every image a second time
+    _counts: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def needs_truth(self) -> bool:
@@ -70,8 +74,11 @@ class Objective:
             out.update({f"proxy.{k}": float(v) for k, v in got.items()})
         out["proxy"] = combine(values, self.spec.weights, self.spec.gate)
         if result.truth is not None:
-            out.update({f"gt.{k}": v for k, v in
-                        gt.image_metrics(result.truth, result.labels, self.spec.iou, self.sparse).items()})
+            counts = gt.image_counts(result.truth, result.labels, self.spec.iou, self.sparse)
+            self._counts[id(result)] = (weakref.ref(result), counts)
+            while len(self._counts) > 256:  # image_metrics without trial_metrics (a pruned trial, a bench)
+                del self._counts[next(iter(self._counts))]
+            out.update({f"gt.{k}": v for k, v in gt.image_metrics_from_counts(counts, self.spec.iou).items()})
         return out
 
     def trial_metrics(self, per_image: Sequence[Mapping[str, float]], results: Sequence[ImageResult]) -> dict[str, float]:
@@ -87,8 +94,14 @@ class Objective:
         if truths and all(t is not None for t in truths):
             gts = [{k[3:]: v for k, v in m.items() if k.startswith("gt.")} for m in per_image]
             out.update({f"gt.{k}": v for k, v in gt.mean_metrics(gts).items()})
-            pooled = gt.pooled_metrics(truths, [r.labels for r in results], self.spec.iou, self.sparse)
+            counts = []
+            for i, r in enumerate(results):
+                kept = self._counts.get(id(r))
+                counts.append(kept[1] if kept is not None and kept[0]() is r else
+                              gt.image_counts(r.truth, r.labels, self.spec.iou, self.sparse, where=f" (image {i})"))
+            pooled = gt.pooled_from_counts(counts, self.spec.iou)
             out.update({f"gt.pooled.{k}": v for k, v in pooled.items()})
+        self._counts.clear()
         return out
 
     def partial(self, per_image: Sequence[Mapping[str, float]]) -> float | None:
