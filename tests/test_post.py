@@ -323,3 +323,60 @@ def test_tsne_embeds_a_seeded_sample_of_large_tables(tmp_path, monkeypatch):
     assert out["pca_1"].notna().sum() == 90 and out["tsne_1"].notna().sum() == 40
     _, again = analysis.analysis_plots(table, tmp_path / "b", scatter=(), pca=False, tsne=True, seed=3)
     assert (again["tsne_1"].notna() == out["tsne_1"].notna()).all()  # the same sample for the same seed
+
+
+def _hull_cases():
+    """Label images whose objects are blobs, lines, single pixels, scattered pixels, border-touching."""
+    from scipy import ndimage as ndi
+    from skimage.measure import label
+    from skimage.segmentation import relabel_sequential
+
+    rng = np.random.default_rng(7)
+    cases = []
+    for k in range(12):
+        img = ndi.gaussian_filter(rng.random((90, 110)), 1 + k % 3)
+        lab = label(img > np.quantile(img, 0.45 + 0.03 * k))
+        if k % 3 == 0:  # objects made of two or more pieces
+            lab = np.where(lab > 0, (lab + 1) // 2, 0)
+        cases.append(lab)
+    lines = np.zeros((12, 12), int)
+    lines[2, 1:9] = 1
+    lines[3:11, 10] = 2
+    lines[np.arange(5, 12), np.arange(0, 7)] = 3
+    lines[0, 11] = 4
+    cases.append(lines)
+    cases.append(np.ones((1, 7), int))
+    for _ in range(10):
+        sparse = np.zeros((30, 30), int)
+        yx = rng.integers(0, 30, (20, 2))
+        sparse[yx[:, 0], yx[:, 1]] = rng.integers(1, 4, 20)
+        cases.append(sparse)
+    return [relabel_sequential(c)[0] for c in cases]
+
+
+def test_convex_areas_equal_qhull_and_scikit_image():
+    """All-objects-at-once hull pixel counts equal Pick's theorem on Qhull's hull of the pixel centres, and
+    scikit-image's area_convex, object by object."""
+    from scipy.spatial import ConvexHull, QhullError
+    from skimage.measure import regionprops
+
+    from opsef_opt.measure import area_convex, hull_pixel_count
+
+    n_objects = 0
+    for lab in _hull_cases():
+        props = regionprops(lab)
+        assert np.array_equal(area_convex(lab), [p.area_convex for p in props])
+        pick = []
+        for p in props:
+            pts = p.coords
+            try:
+                hull = ConvexHull(pts)
+                v = pts[hull.vertices]
+                boundary = np.gcd.reduce(np.abs(np.roll(v, -1, 0) - v), axis=1).sum()
+                pick.append(round(hull.volume + boundary / 2 + 1))
+            except QhullError:  # a point or a segment
+                d = pts.max(0) - pts.min(0)
+                pick.append(int(np.gcd(d[0], d[1])) + 1)
+        assert np.array_equal(hull_pixel_count(lab), pick)
+        n_objects += len(props)
+    assert n_objects > 300
