@@ -505,3 +505,21 @@ def test_raw_image_values_are_computed_once_per_image_object():
     del a
     c = np.full((3, 4), 7, np.float32)  # may reuse a's id: must not get a's value
     assert np.array_equal(derived(c, "test", grad), c * 2)
+
+
+def test_a_candidates_proxies_share_its_relabelling_and_areas():
+    """The proxies of one candidate relabel it and count its areas once; the shared areas cannot be changed."""
+    from opsef_opt.score.proxies._derived import RECENT_LABELS
+    from opsef_opt.score.proxies._match import object_areas, relabel
+
+    lab = np.array([[0, 5, 5], [9, 9, 0]], np.int32)
+    first, n = relabel(lab)
+    assert n == 2 and relabel(lab)[0] is first and np.array_equal(first, [[0, 1, 1], [2, 2, 0]])
+    areas = object_areas(first)
+    assert object_areas(first) is areas and list(areas) == [2, 2, 2]
+    with pytest.raises(ValueError):
+        areas[1] = 0
+    others = [np.array([[i, i]], np.int32) for i in range(1, RECENT_LABELS + 2)]
+    for o in others:
+        relabel(o)
+    assert relabel(lab)[0] is not first  # older label images are not kept

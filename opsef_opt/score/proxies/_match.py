@@ -20,9 +20,29 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from opsef_opt.score.matching import match_counts, relabel
+from opsef_opt.score.matching import match_counts
+from opsef_opt.score.matching import relabel as _relabel
+from opsef_opt.score.proxies._derived import derived
 
-__all__ = ["Match", "match_instances", "relabel"]
+__all__ = ["Match", "match_instances", "relabel", "object_areas"]
+
+
+def relabel(labels: np.ndarray) -> tuple[np.ndarray, int]:
+    """:func:`opsef_opt.score.matching.relabel`, once per label array (a candidate's proxies share it)."""
+    if isinstance(labels, np.ndarray):
+        return derived(labels, "relabel", _relabel, keep="labels")
+    return _relabel(labels)
+
+
+def object_areas(labels: np.ndarray) -> np.ndarray:
+    """Pixel count of every id 0..max of ``labels``, once per label array."""
+    return derived(labels, "areas", _areas, keep="labels")
+
+
+def _areas(labels: np.ndarray) -> np.ndarray:
+    areas = np.bincount(labels.ravel())
+    areas.setflags(write=False)  # shared by the proxies: nobody may change it
+    return areas
 
 
 @dataclass(frozen=True)

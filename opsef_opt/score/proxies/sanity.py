@@ -38,7 +38,7 @@ from __future__ import annotations
 import numpy as np
 
 from opsef_opt.params import Param
-from opsef_opt.score.proxies._match import relabel
+from opsef_opt.score.proxies._match import object_areas, relabel
 from opsef_opt.score.proxies.shape import MIN_AREA
 from opsef_opt.score.registry import ImageResult, register_proxy
 
@@ -57,7 +57,7 @@ def sanity_stats(labels: np.ndarray) -> dict[str, float]:
     labels, n = relabel(labels)
     if n == 0:
         return dict(fg_fraction=0.0, border_share=0.0, count=0.0, max_object_share=0.0, median_area=0.0)
-    areas = np.bincount(labels.ravel())[1:]
+    areas = object_areas(labels)[1:]
     border = np.zeros(n + 1, bool)
     for ax in range(labels.ndim):
         for idx in (0, -1):
@@ -77,7 +77,7 @@ def sanity_gate(labels: np.ndarray, max_object_share: float = 1 / 3, max_fg_frac
     labels, n = relabel(labels)
     if n == 0:
         return 0.0
-    areas = np.bincount(labels.ravel())[1:]
+    areas = object_areas(labels)[1:]
     largest = _ramp(areas.max() / labels.size, max_object_share / 2, max_object_share)
     fg = _ramp(areas.sum() / labels.size, max_fg_fraction, 1.0)
     specks = _ramp(float(np.mean(areas < min_area)), 0.5, 1.0)

@@ -44,6 +44,7 @@ import numpy as np
 
 from opsef_opt.measure import eccentricity, hull_pixel_count
 from opsef_opt.params import Param
+from opsef_opt.score.proxies._match import object_areas as _areas
 from opsef_opt.score.proxies._match import relabel
 from opsef_opt.score.registry import ImageResult, register_proxy
 
@@ -55,7 +56,7 @@ MIN_AREA = 16
 
 def object_areas(labels: np.ndarray) -> np.ndarray:
     """Pixel count of each object 1..n of sequential ``labels`` (index 0 = object 1)."""
-    return np.bincount(np.asarray(labels).ravel())[1:]
+    return _areas(np.asarray(labels))[1:]
 
 
 def solidity(labels: np.ndarray, ids: np.ndarray | None = None) -> np.ndarray:
