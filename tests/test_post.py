@@ -380,3 +380,16 @@ def test_convex_areas_equal_qhull_and_scikit_image():
         assert np.array_equal(hull_pixel_count(lab), pick)
         n_objects += len(props)
     assert n_objects > 300
+
+
+def test_region_table_solidity_is_scikit_images():
+    """The region table's solidity (hulls of all objects at once) is scikit-image's, object by object."""
+    from pathlib import Path
+
+    from skimage.measure import regionprops
+
+    lab = tifffile.imread(Path(__file__).resolve().parents[1] / "opsef_opt" / "data" / "demo" / "labels"
+                          / "dsb2018_256.tif")
+    table = region_properties(lab)
+    assert len(table) > 50
+    assert np.array_equal(table["solidity"].to_numpy(), [p.solidity for p in regionprops(lab)])
