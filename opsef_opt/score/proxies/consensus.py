@@ -318,10 +318,16 @@ class ConsensusAccumulator:
             joins = [votes >= need + _same_object(exclude, ax) for ax, votes in enumerate(self._same)]
         else:
             exclude = self._check(exclude)
-            fg = self._fg >= need + w * (exclude != 0).astype(np.int64)
-            joins = [votes >= need + w * _same_object(exclude, ax).astype(np.int64)
-                     for ax, votes in enumerate(self._same)]
+            fg = self._fg >= self._bar(need, w, exclude != 0)
+            joins = [votes >= self._bar(need, w, _same_object(exclude, ax)) for ax, votes in enumerate(self._same)]
         return _components(fg, joins, min_size)
+
+    def _bar(self, need: int, weight: int, voted: np.ndarray) -> np.ndarray:
+        """Votes a pixel needs: ``need``, plus ``weight`` where the excluded candidate voted (never overflows:
+        ``need + weight <= n``, within the accumulator's integer type)."""
+        bar = np.full(voted.shape, need, self._fg.dtype)
+        np.add(bar, weight, out=bar, where=voted)
+        return bar
 
     def __repr__(self) -> str:
         return f"ConsensusAccumulator(shape={self.shape}, n={self._n}{', weighted' if self.weighted else ''})"
