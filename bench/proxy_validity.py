@@ -58,7 +58,9 @@ Runtime on the shared 2-core machine (load ~10): first run ~20 min (plus
 ~5 min once to train the tiny models, kept in the cache), ``--rescore-only``
 ~6-10 min (three family levels; ``--families ''`` for the library's only). ``--refresh cellpose,stardist`` re-runs those families (e.g. after
 their confidences change); the U-Net's post-processing always re-runs from
-its cached probability maps.
+its cached probability maps. ``--dump-tags FILE`` also writes what the tag curves need (per dataset: trial
+metrics, GT F1, ``score.final`` and the rank combination with ``RANK_WEIGHTS``); ``--tags-from FILE`` then
+prints only the tag curves of both combinations from it (~3 min for 5 analysts, no scoring).
 
 Leave-one-dataset-out: the design choices this bench makes are the weight
 vector of the combined score, over the grid {0, 0.5, 1, 2} for each of
@@ -88,7 +90,7 @@ and refitted on all datasets, the coefficients are the proposed
 Usage: python bench/proxy_validity.py [--rescore-only] [--datasets a,b] [--quick] [--no-he] [--no-tiny]
        [--tags 5,10,20] [--tag-seeds 5] [--lodo-objective mean|worst] [--save metrics.csv]
        [--families 0.8,0.9,0.95]
-       [--refresh cellpose,stardist] [--rank-tags]
+       [--refresh cellpose,stardist] [--rank-tags] [--dump-tags tags.pkl] [--tags-from tags.pkl]
 """
 from __future__ import annotations
 
@@ -736,6 +738,34 @@ def _regret_of(r, f1: np.ndarray) -> float:
     return float(r)
 
 
+def tags_only(path: str, counts: Sequence[int], seeds: int, datasets: str | None = None) -> dict:
+    """The tag curves of both combinations from a ``--dump-tags`` pickle (no scoring): per dataset the regret
+    after each count, mean of ``seeds`` simulated analysts; printed as a table, returned as
+    ``{combination: {dataset: {n: regret}}}``."""
+    import pickle
+
+    with open(path, "rb") as fh:
+        dump = pickle.load(fh)
+    wanted = set(datasets.split(",")) if datasets else None
+    out: dict[str, dict[str, dict[int, float]]] = {"mean": {}, "rank": {}}
+    for d, v in dump.items():
+        if wanted and d not in wanted:
+            continue
+        for combo, key in (("mean", "default"), ("rank", "rank")):
+            sc = Scored(name=d, labels=v["labels"], candidates=[], f1=v["f1"], proxies={}, default=v["default"],
+                        per_image=[], trial=v["trial"])
+            if combo == "rank":
+                sc = _with_proxy(sc, v[key])
+            out[combo][d] = tag_curve(sc, counts, seeds)[1]
+    for combo, rows in out.items():
+        print(f"\n| tags, {combo} combination | " + " | ".join(f"after {n}" for n in counts) + " |")
+        print("|---|" + "---|" * len(counts))
+        for d, curve in rows.items():
+            print(f"| {d} | " + " | ".join(f"{curve[n]:.3f}" for n in counts) + " |")
+        print("| mean | " + " | ".join(f"{_nanmean([c[n] for c in rows.values()]):.3f}" for n in counts) + " |")
+    return out
+
+
 # ============================================================================================== report
 
 def print_dataset(sc: Scored, spec, lodo_w: Weights, lodo_obj: str, tags: tuple[str, dict] | None,
@@ -907,7 +937,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--rank-tags", action="store_true",
                     help="also the tag curve with the rank combination (RANK_WEIGHTS) as the proxy")
     ap.add_argument("--save", default=None, help="write every candidate's trial-level metrics to this CSV")
+    ap.add_argument("--dump-tags", default=None,
+                    help="write what the tag curves need (per dataset: trial metrics, GT F1, score.final and the "
+                         "rank combination with RANK_WEIGHTS) to this pickle, for --tags-from")
+    ap.add_argument("--tags-from", default=None,
+                    help="only the tag curves (both combinations), from a --dump-tags pickle: seconds, not minutes")
     args = ap.parse_args(argv)
+    if args.tags_from:
+        tags_only(args.tags_from, [int(x) for x in args.tags.split(",") if x], args.tag_seeds, args.datasets)
+        return
     t_start = time.perf_counter()
     spec = score_spec(None)
     print(f"# proxy validity — {time.strftime('%Y-%m-%d %H:%M')}; segment/preprocess code {segment_code_hash()}"
@@ -986,6 +1024,15 @@ def main(argv: Sequence[str] | None = None) -> None:
                   f"mean rho {_nanmean([x for x, _ in held]):.2f}, worst regret {np.nanmax([r for _, r in held]):.3f}")
     if not args.no_he:
         he_section(spec, args.rescore_only, dict(overall), args.quick)
+    if args.dump_tags:
+        import pickle
+
+        with open(args.dump_tags, "wb") as fh:
+            pickle.dump({d: {"labels": list(sc.labels), "f1": np.asarray(sc.f1, float), "trial": list(sc.trial),
+                             "default": np.asarray(sc.default, float),
+                             "rank": np.asarray(rank_scored(sc, RANK_WEIGHTS, spec.gate), float)}
+                         for d, sc in scored.items()}, fh)
+        log(f"tag inputs written to {args.dump_tags}")
     if args.save:
         import pandas as pd
 

@@ -162,7 +162,7 @@ def _compare(runs: list[TrialRun], settings: Settings, client, stdin: TextIO, ou
 
 def _summary(runs: list[TrialRun], settings: Settings, out: TextIO, tagged_now: int | None = None,
              compared_now: int | None = None) -> None:
-    from opsef_opt.score.tag_model import MIN_PAIRS, ruled_out
+    from opsef_opt.score.tag_model import MIN_PAIRS, judged_scores, ruled_out
 
     tagged = [r for r in runs if r.tag]
     counts = ", ".join(f"{t} {n}" for t, n in sorted(Counter(r.tag for r in tagged).items())) or "none"
@@ -183,7 +183,9 @@ def _summary(runs: list[TrialRun], settings: Settings, out: TextIO, tagged_now: 
     value = np.where(np.isfinite(value), value, -np.inf)
     predicted = model.predict_tag(X)
     worse = ruled_out(len(runs), tags, pairs, settings.study.score.tag_values)
-    order = sorted(range(len(runs)), key=lambda i: (i in worse, -value[i]))[:5]  # judged worse: last
+    # as the tag queue chooses (judged_pick): the winner of a comparison in the loser's place, judged worse last
+    lifted = judged_scores(value, tags, pairs, settings.study.score.tag_values)
+    order = sorted(range(len(runs)), key=lambda i: (i in worse, -lifted[i], -value[i]))[:5]
     which = "the proxy (the tag model does not beat it yet)" if model.use_proxy else "the tag model"
     print(f"best runs by {which}:", file=out)
     for i in order:
