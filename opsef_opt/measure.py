@@ -153,15 +153,15 @@ def _hull_sides(labels: np.ndarray) -> tuple[np.ndarray, ...]:
     start = np.r_[True, obj[1:] != obj[:-1]]
     end = np.r_[obj[1:] != obj[:-1], True]
     top, height = y[start], y[end] - y[start] + 1
+    first = np.cumsum(height) - height  # each object's first row in the output
     q_obj = np.repeat(obj[start], height)
-    offset = np.repeat(np.cumsum(height) - height, height)
-    q_y = np.arange(int(height.sum())) - offset + np.repeat(top, height)
+    q_y = np.arange(int(height.sum())) - np.repeat(first - top, height)
     left = _side(obj, y, lx.astype(float), _minorant(obj, y, lx), h, q_obj, q_y)
     right = -_side(obj, y, -rx.astype(float), _minorant(obj, y, -rx), h, q_obj, q_y)
     is_top = np.zeros(q_y.size, bool)
-    is_top[np.cumsum(height) - height] = True
+    is_top[first] = True
     is_bottom = np.zeros(q_y.size, bool)
-    is_bottom[np.cumsum(height) - 1] = True
+    is_bottom[first + height - 1] = True
     return q_obj, is_top, is_bottom, left, right
 
 

@@ -218,8 +218,8 @@ def _table(n: int, ids_colors: list[tuple[set | frozenset, tuple[int, int, int]]
 
 
 def _member(labels: np.ndarray, ids: set | frozenset, n: int) -> np.ndarray:
-    """``np.isin(labels, ids)`` for non-negative ids up to ``n``, by table lookup (no sort of the image)."""
-    table = np.zeros(max(n, int(labels.max(initial=0))) + 1, bool)
+    """``np.isin(labels, ids)`` for non-negative labels and ids up to ``n``, by table lookup (no sort of the image)."""
+    table = np.zeros(n + 1, bool)
     table[np.fromiter(ids, int, len(ids))] = True
     return table[labels]
 

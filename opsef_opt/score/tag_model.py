@@ -50,7 +50,8 @@ from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from opsef_opt.score.proxy_check import (  # noqa: F401  (re-exported)
-    CV_FOLDS, ProxyCheck, _agreement, beats_proxy, proxy_agreement, ruled_out, top_pick,
+    CV_FOLDS, ProxyCheck, _agreement, beats_proxy, judged_pick, judged_scores, proxy_agreement, ruled_out,
+    top_pick,
 )
 from opsef_opt.score.rank_model import (  # noqa: F401  (re-exported)
     KAPPA, LENGTH_FACTOR, PAIR_NOISE, PRIOR_SLOPE, PRIOR_SLOPE_SD, PRIOR_VALUE, PRIOR_VALUE_SD, RESIDUAL_SD,
@@ -309,58 +310,3 @@ def fit_tag_model(X: pd.DataFrame, tags: Sequence[str | None], values: Mapping[s
         model.proxy_check = proxy_agreement(X, tags, comparisons=pairs, values=values, seed=seed)
         model.use_proxy = not model.proxy_check.model_wins
     return model
-
-
-def judged_scores(scores: Sequence[float], tags: Mapping[int, str] | Sequence[str | None] = (),
-                  comparisons: Sequence | None = None, values: Mapping[str, float] = DEFAULT_VALUES) -> np.ndarray:
-    """``scores`` made consistent with the analyst's judgements: a run judged at least as good as another
-    (it won their comparison, they were called equal, or it carries a higher-valued tag; transitively)
-    scores at least as high as that run.
-
-    Without this, a run that beat the leader inherited nothing from it: once the leader was ruled out
-    the choice fell to the next run by the proxy, one the analyst never saw and that may be worse than
-    the winner (on BBBC007 with the rank combination: the winner, F1 0.955, 28th by the proxy, lost to
-    the never-compared 11th, F1 0.730). The winner of a comparison takes the loser's place.
-    """
-    scores = np.asarray(scores, float)
-    s = np.where(np.isfinite(scores), scores, -np.inf)
-    n = len(s)
-    if isinstance(tags, Mapping):
-        tag_list: list[str | None] = [None] * n
-        for i, t in tags.items():
-            tag_list[int(i)] = t or None
-    else:
-        tag_list = _clean_tags(tags)
-    below: dict[int, set[int]] = {}  # run -> runs judged no better than it (directly)
-    for a, b, y in _tag_pairs(tag_list, values) + normalize_comparisons(comparisons, n):
-        if y >= 0.5:
-            below.setdefault(a, set()).add(b)
-        if y <= 0.5:
-            below.setdefault(b, set()).add(a)
-    out = s.copy()
-    for i in below:
-        seen, todo = {i}, [i]
-        while todo:
-            for j in below.get(todo.pop(), ()):
-                if j not in seen:
-                    seen.add(j)
-                    todo.append(j)
-        out[i] = max(s[j] for j in seen)
-    return out
-
-
-def judged_pick(scores: Sequence[float], tags: Mapping[int, str] | Sequence[str | None] = (),
-                comparisons: Sequence | None = None, values: Mapping[str, float] = DEFAULT_VALUES) -> int:
-    """Row of the best run by :func:`judged_scores` (ties: by ``scores``) that the judgements do not rule
-    out (:func:`ruled_out`); when every run is ruled out, the best by ``scores``.  :func:`top_pick` with the
-    winner of a comparison in the loser's place."""
-    scores = np.asarray(scores, float)
-    own = np.where(np.isfinite(scores), scores, -np.inf)
-    lifted = judged_scores(scores, tags, comparisons, values)
-    out = ruled_out(len(scores), tags, comparisons, values)
-    order = np.lexsort((-own, -lifted))
-    for i in order:
-        if int(i) not in out:
-            return int(i)
-    return int(np.argsort(-own, kind="stable")[0])
-
