@@ -505,6 +505,15 @@ def choose_weights(training: Mapping[str, Mapping[Weights, tuple[float, float]]]
     return best
 
 
+def choose_combination(rows: Sequence[dict], held: str | None = None) -> str:
+    """The combination (``"lodo"``: the weighted mean, ``"rank"``) for the ``held``-out dataset, from the OTHER
+    datasets' held-out numbers only: the higher mean over them of rho - regret (ties: the weighted mean).
+    ``held=None``: chosen on every row (what ships)."""
+    train = [r for r in rows if r["dataset"] != held]
+    value = {k: float(np.mean([_fold_value(r[k][0], r[k][1]) for r in train])) for k in ("lodo", "rank")}
+    return "rank" if round(value["rank"], 9) > round(value["lodo"], 9) else "lodo"
+
+
 def lodo(tables: Mapping[str, Mapping[Weights, tuple[float, float]]], default: Mapping[str, float],
          objective: str = "mean") -> dict[str, Weights]:
     """Held-out dataset -> weights chosen on all the others."""
@@ -751,11 +760,10 @@ def tags_only(path: str, counts: Sequence[int], seeds: int, datasets: str | None
     for d, v in dump.items():
         if wanted and d not in wanted:
             continue
-        for combo, key in (("mean", "default"), ("rank", "rank")):
-            sc = Scored(name=d, labels=v["labels"], candidates=[], f1=v["f1"], proxies={}, default=v["default"],
-                        per_image=[], trial=v["trial"])
-            if combo == "rank":
-                sc = _with_proxy(sc, v[key])
+        # dumps before 2026-11-28 have no "mean": their "default" (score.final) was the weighted mean then
+        for combo, proxy in (("mean", v.get("mean", v["default"])), ("rank", v["rank"])):
+            sc = Scored(name=d, labels=v["labels"], candidates=[], f1=v["f1"], proxies={},
+                        default=np.asarray(proxy, float), per_image=[], trial=v["trial"])
             out[combo][d] = tag_curve(sc, counts, seeds)[1]
     for combo, rows in out.items():
         print(f"\n| tags, {combo} combination | " + " | ".join(f"after {n}" for n in counts) + " |")
@@ -855,7 +863,8 @@ def print_dataset(sc: Scored, spec, lodo_w: Weights, lodo_obj: str, tags: tuple[
         print(f"   tags ({how}): regret " + ", ".join(f"{v:.3f} after {n}" for n, v in curve.items()))
         summary["tags"] = curve
     if rank_tags is not None:
-        print("   tags with the rank combination (RANK_WEIGHTS) as the proxy: regret "
+        other = "weighted mean (default weights)" if uses_rank(spec) else "rank combination (RANK_WEIGHTS)"
+        print(f"   tags with the {other} as the proxy: regret "
               + ", ".join(f"{v:.3f} after {n}" for n, v in rank_tags[1].items()))
     return summary
 
@@ -935,7 +944,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                     help="near-duplicate levels of the consensus families LODO chooses from, with the weights "
                          "('' = the library's only)")
     ap.add_argument("--rank-tags", action="store_true",
-                    help="also the tag curve with the rank combination (RANK_WEIGHTS) as the proxy")
+                    help="also the tag curve with the combination score.final does not use (the weighted mean with "
+                         "the default weights, or the rank combination with RANK_WEIGHTS) as the proxy")
     ap.add_argument("--save", default=None, help="write every candidate's trial-level metrics to this CSV")
     ap.add_argument("--dump-tags", default=None,
                     help="write what the tag curves need (per dataset: trial metrics, GT F1, score.final and the "
@@ -983,19 +993,38 @@ def main(argv: Sequence[str] | None = None) -> None:
         tags = tag_curve(sc, counts, args.tag_seeds) if counts else None
         log(f"{d}: tag curve in {time.perf_counter() - t0:.0f} s")
         level = chosen_joint[d][0]
-        rank_tags = None
+        rank_tags = None  # the other combination's tag curve
         if counts and args.rank_tags:
-            rank_tags = tag_curve(_with_proxy(sc, rank_scored(sc, RANK_WEIGHTS, spec.gate)), counts, args.tag_seeds)
+            other = (combined(sc, dict(spec.weights), spec.gate) if uses_rank(spec)
+                     else rank_scored(sc, RANK_WEIGHTS, spec.gate))
+            rank_tags = tag_curve(_with_proxy(sc, other), counts, args.tag_seeds)
         summaries.append(print_dataset(sc.variants[level], spec, chosen[d], args.lodo_objective, tags, level, sc,
                                        ranked.get(d), rank_tags))
-    method = "rank combination" if uses_rank(spec) else "weighted mean of raw proxies"
-    print_summary(summaries, "lodo", f"score.final's method ({method}), LODO-chosen weights and family level "
-                                     "(held-out fold numbers; the estimate); tags: the tag queue on the shipped "
-                                     "score.final", with_tags=True)
+    shipped = "rank" if uses_rank(spec) else "lodo"
+    print_summary(summaries, "lodo", "weighted mean of raw proxies (study.score.combination: mean), LODO-chosen "
+                                     "weights and family level (held-out fold numbers); tags: the tag queue on it"
+                                     + (" with the default weights (--rank-tags)" if uses_rank(spec) else
+                                        " as shipped (score.final)"),
+                  with_tags=shipped == "lodo" or args.rank_tags, tags_key="tags" if shipped == "lodo" else "rank_tags")
     print_summary(summaries, "rank", "rank combination (study.score.combination: rank), everything chosen and fitted on "
-                                     "the other datasets (held-out fold numbers); tags (--rank-tags): the tag queue "
-                                     "on the rank combination with RANK_WEIGHTS",
-                  with_tags=args.rank_tags, tags_key="rank_tags")
+                                     "the other datasets (held-out fold numbers); tags: the tag queue on it with "
+                                     + ("RANK_WEIGHTS (score.final)" if uses_rank(spec) else "RANK_WEIGHTS (--rank-tags)"),
+                  with_tags=shipped == "rank" or args.rank_tags, tags_key="tags" if shipped == "rank" else "rank_tags")
+    if all("rank" in r for r in summaries) and len(summaries) > 1:
+        combos = {r["dataset"]: choose_combination(summaries, r["dataset"]) for r in summaries}
+        for r in summaries:
+            r["chosen"], r["broken_above_chosen"] = r[combos[r["dataset"]]], r["broken_above_" + combos[r["dataset"]]]
+        print_summary(summaries, "chosen", "the combination chosen by leave-one-dataset-out (per held-out set: "
+                                           "weighted mean or rank, whichever has the higher mean held-out rho - "
+                                           "regret on the other sets; the estimate of the shipped default "
+                                           f"'{spec.combination}'); tags: the tag queue on score.final",
+                      with_tags=True)
+        folds = {}
+        for c in combos.values():
+            folds[c] = folds.get(c, 0) + 1
+        print("combination chosen across folds: " + "; ".join(f"{'mean' if k == 'lodo' else k} ({v}x)"
+                                                              for k, v in folds.items())
+              + f"; on all {len(summaries)}: {'mean' if choose_combination(summaries) == 'lodo' else 'rank'}")
     print_summary(summaries, "default", "score.final as shipped (chosen on all of these datasets, so not held-out)",
                   with_tags=False)
     if len(scored) > 1:
@@ -1030,6 +1059,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         with open(args.dump_tags, "wb") as fh:
             pickle.dump({d: {"labels": list(sc.labels), "f1": np.asarray(sc.f1, float), "trial": list(sc.trial),
                              "default": np.asarray(sc.default, float),
+                             "mean": np.asarray(combined(sc, dict(spec.weights), spec.gate), float),
                              "rank": np.asarray(rank_scored(sc, RANK_WEIGHTS, spec.gate), float)}
                          for d, sc in scored.items()}, fh)
         log(f"tag inputs written to {args.dump_tags}")

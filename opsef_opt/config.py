@@ -121,10 +121,16 @@ def _score(where: str, node: Mapping) -> ScoreSpec:
             raise ConfigError(f"{where}.tags.values.{tag}: unknown tag; the tags are {', '.join(TAGS)}")
         values[tag] = float(typed(f"{where}.tags.values.{tag}", v, (int, float), "a number"))
     min_tagged = integer(f"{where}.tags.min_tagged", tags.get("min_tagged", 10), 2)
-    combination = choice(f"{where}.combination", node.get("combination", "mean"), ("mean", "rank"))
-    if combination == "rank" and node.get("proxies"):
+    # rank by default (chosen by leave-one-dataset-out: README, Benchmarks); weights of one's own only mean
+    # something to the weighted mean, so they select it
+    weighted = sorted(name for name, sub in (node.get("proxies") or {}).items()
+                      if isinstance(sub, Mapping) and "weight" in sub)
+    combination = choice(f"{where}.combination", node.get("combination", "mean" if weighted else "rank"),
+                         ("mean", "rank"))
+    if combination == "rank" and weighted:
         raise ConfigError(f"{where}.combination=rank combines the proxies with learned coefficients; remove "
-                          f"{where}.proxies (their weights) or use combination=mean")
+                          f"the weight of {', '.join(f'{where}.proxies.{n}' for n in weighted)} or use "
+                          f"combination=mean")
     return ScoreSpec(objective, float(iou), aggregate, _proxies(f"{where}.proxies", node.get("proxies") or {}),
                      gate, values, min_tagged, combination)
 

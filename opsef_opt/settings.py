@@ -136,9 +136,10 @@ class ScoreSpec:
     gate: str | None = "sanity"
     tag_values: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_TAG_VALUES))
     min_tagged: int = 10
-    #: how ``proxy.final`` combines the proxies: ``mean`` (the weighted mean of their values) or ``rank``
-    #: (their percentiles in the pool, with learned coefficients: :mod:`opsef_opt.score.proxies.rank`)
-    combination: str = "mean"
+    #: how ``proxy.final`` combines the proxies: ``rank`` (their percentiles in the pool, with learned
+    #: coefficients: :mod:`opsef_opt.score.proxies.rank`; the default, chosen by leave-one-dataset-out) or
+    #: ``mean`` (the weighted mean of their values; what a study that sets proxy weights of its own gets)
+    combination: str = "rank"
 
     @property
     def weights(self) -> dict[str, float]:

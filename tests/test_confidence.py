@@ -45,7 +45,7 @@ def _spec(confidence_weight: float | None = None) -> ScoreSpec:
     """The default proxies and weights (optionally another confidence weight), objective ``proxy``."""
     proxies = tuple(ProxySetting(name, p.weight if name != "confidence" or confidence_weight is None
                                  else confidence_weight) for name, p in PROXIES.items())
-    return ScoreSpec("proxy", proxies=proxies)
+    return ScoreSpec("proxy", proxies=proxies, combination="mean")  # weights of its own: the weighted mean
 
 
 def _pipeline(family: str, params: dict) -> Pipeline:

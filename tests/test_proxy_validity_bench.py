@@ -219,3 +219,21 @@ def test_joint_lodo_of_family_level_and_weights_never_uses_the_held_out_dataset(
     assert pv.choose_joint(same, default, default_level=0.8)[0] == 0.8
     with pytest.raises(ValueError):
         pv.choose_joint({}, default)
+
+
+def test_the_combination_is_chosen_without_the_held_out_dataset(bench):
+    pv, _ = bench
+    # (rho, regret) held out per set; the three training sets prefer rank, "held" would prefer the mean by far
+    rows = [{"dataset": "a", "lodo": (0.5, 0.2), "rank": (0.9, 0.0)},
+            {"dataset": "b", "lodo": (0.9, 0.0), "rank": (0.8, 0.05)},
+            {"dataset": "c", "lodo": (0.6, 0.1), "rank": (0.8, 0.0)},
+            {"dataset": "held", "lodo": (1.0, 0.0), "rank": (-1.0, 1.0)}]
+    assert pv.choose_combination(rows, "held") == "rank"
+    rows[3] = {"dataset": "held", "lodo": (-1.0, 1.0), "rank": (1.0, 0.0)}  # its own numbers do not count
+    assert pv.choose_combination(rows, "held") == "rank"
+    # ... they do when another set is held out, and on all sets
+    rows[3] = {"dataset": "held", "lodo": (1.0, 0.0), "rank": (-1.0, 1.0)}
+    assert pv.choose_combination(rows, "a") == "lodo"
+    assert pv.choose_combination(rows) == "lodo"
+    # a tie goes to the weighted mean
+    assert pv.choose_combination([{"dataset": "x", "lodo": (0.8, 0.0), "rank": (0.8, 0.0)}], "y") == "lodo"

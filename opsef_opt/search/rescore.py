@@ -12,14 +12,15 @@ check ANDed into ``plausible``; these ``.final`` values are logged to each run
 and rank the leaderboard when the objective is a proxy. Optuna's own trial
 values stay what the sampler saw.
 
-The combined proxy (``proxy.final``) is the weighted mean of the raw values
-(:func:`~opsef_opt.score.proxies.combine`). An alternative, off by default
-(``study.score.combination: rank``), is the *rank combination*
+The combined proxy (``proxy.final``) is by default the *rank combination*
 (:mod:`opsef_opt.score.proxies.rank`): per image, each proxy's percentile among
 the pool's plausible candidates (every stored candidate of every stage,
 identical label images once), combined with fixed coefficients fitted by
 pairwise learning-to-rank on the GT sets of ``bench/proxy_validity.py``, which
-validates it held out (``details=True`` returns the percentiles it needs).
+validates it held out. A study that sets proxy weights of its own
+(``study.score.proxies.<name>.weight``), or ``study.score.combination: mean``,
+gets the weighted mean of the raw values instead
+(:func:`~opsef_opt.score.proxies.combine`). ``details=True`` returns both.
 """
 from __future__ import annotations
 
@@ -38,13 +39,14 @@ from opsef_opt.search.pool import ConsensusPool, LabelStore
 __all__ = ["final_scores", "common_final_scores", "uses_rank"]
 
 def uses_rank(spec: ScoreSpec) -> bool:
-    """Does ``proxy.final`` use the rank combination (``study.score.combination: rank``)?
+    """Does ``proxy.final`` use the rank combination (the default; ``study.score.combination``)?
 
-    Off by default: held out on the six GT sets of ``bench/proxy_validity.py``
-    (2026-11-27) it lowered the mean regret (0.081 -> 0.054, rho 0.80 -> 0.82)
-    but made BBBC007 worse (regret 0.029 -> 0.084, rho 0.94 -> 0.76) and the
-    simulated analyst's pick there after 20 comparisons (regret 0.001 ->
-    0.227): see README, Benchmarks.
+    Chosen by leave-one-dataset-out between the two combinations on the six GT
+    sets of ``bench/proxy_validity.py`` (2026-11-28): for each held-out set the
+    one with the higher mean held-out rho - regret on the other five; rank in
+    all six folds (held out: mean regret 0.054 against 0.081, rho 0.82
+    against 0.80; worse on BBBC007, regret 0.084 against 0.029): see README,
+    Benchmarks.
     """
     return spec.combination == "rank"
 

@@ -72,11 +72,14 @@ Kromp sets, an under-split U-Net on DSB 512). Without the veto, contrast and
 separation pick an inverted pipeline on five of six sets. Treat the defaults
 as a starting point, and tag a few runs.
 
-:mod:`.rank` is an alternative combination, off by default
-(``study.score.combination: rank``): each proxy's percentile among
-the pool's plausible candidates, combined with coefficients learned by
-pairwise ranking on the bench's GT sets. Held out it lowered the mean regret
-(0.081 -> 0.054, rho 0.80 -> 0.82) but made BBBC007 worse (README, Benchmarks).
+What ``score.final`` ranks by is by default :mod:`.rank`, not this weighted
+mean: each proxy's percentile among the pool's plausible candidates, combined
+with coefficients learned by pairwise ranking on the bench's GT sets (the
+weighted mean above is what a study with proxy weights of its own gets, or
+``study.score.combination: mean``). Chosen between the two by
+leave-one-dataset-out (rank in all six folds): held out it lowers the mean
+regret (0.081 -> 0.054, rho 0.80 -> 0.82) but makes BBBC007 worse (README,
+Benchmarks).
 """
 from opsef_opt.score.proxies._match import Match, match_instances
 from opsef_opt.score.proxies.combine import combine, default_weights
