@@ -622,6 +622,77 @@ def rank_lodo(scored: Mapping[str, Scored], gate: str | None) -> dict[str, tuple
     return out
 
 
+#: regret a "good" pipeline may have in :func:`linear_bound` (the issue's target)
+BOUND_REGRET = 0.03
+
+
+def bound_features(sc: Scored, kind: str) -> tuple[np.ndarray, np.ndarray]:
+    """(X: candidates x features, plausible everywhere) of what a linear combination can see.
+
+    ``raw``: the mean over images of each rank feature's raw value times the gate (NaN 0), plus the
+    no-confidence indicator; ``pct``: the rank combination's own features (centred pool percentiles and
+    the indicator)."""
+    X, _, ok = rank_data(sc, True)
+    if kind == "raw":
+        def row(v: Mapping[str, float]) -> list[float]:
+            g = v.get("sanity", math.nan)
+            g = float(g) if _finite_num(g) else 1.0
+            return [g * float(v[f]) if _finite_num(v.get(f)) else 0.0 for f in RANK_FEATURES]
+        raw = np.array([np.mean([row(v) for v in rows], axis=0) for rows in sc.per_image])
+        X = np.hstack([raw, X[:, -1:]])
+    return X, ok
+
+
+def _finite_num(v) -> bool:
+    return isinstance(v, (int, float, np.floating, np.integer)) and math.isfinite(float(v))
+
+
+def linear_bound(scored: Mapping[str, Scored], kind: str, regret: float = BOUND_REGRET) -> tuple[float, dict]:
+    """Can ANY linear combination of the proxies put a pipeline within ``regret`` of the best first on every set?
+
+    Chosen in-sample on all sets at once (so an upper bound on what leave-one-dataset-out can reach), any
+    signs: a mixed-integer program picks one good pipeline per set (GT F1 >= best - ``regret``, plausible
+    everywhere) and coefficients w in [-1, 1] maximising the margin t by which each picked pipeline beats
+    every other plausible one of its set, w . (x_pick - x_other) >= t. t > 0: yes (w returned); t <= 0:
+    no such combination exists, whatever the weights, the learning method or the LODO choice.
+    """
+    from scipy.optimize import Bounds, LinearConstraint, milp
+
+    blocks = []
+    for sc in scored.values():
+        X, ok = bound_features(sc, kind)
+        cand = np.flatnonzero(ok & np.isfinite(sc.f1))
+        if not len(cand):
+            continue
+        top = np.nanmax(sc.f1[cand])
+        blocks.append((X, cand, [c for c in cand if sc.f1[c] >= top - regret]))
+    k = blocks[0][0].shape[1]
+    n_good = sum(len(g) for _, _, g in blocks)
+    big = 2.0 * k * max(float(np.abs(X).max()) for X, _, _ in blocks) + 1.0
+    rows, lo, hi = [], [], []
+    z = k + 1  # columns: w (k), t, z (one per good pipeline)
+    for X, cand, good in blocks:
+        pick = np.zeros(k + 1 + n_good)
+        for c in good:
+            pick[z] = 1.0
+            for j in cand:
+                if j != c:
+                    r = np.zeros(k + 1 + n_good)
+                    r[:k], r[k], r[z] = X[c] - X[j], -1.0, -big
+                    rows.append(r), lo.append(-big), hi.append(np.inf)
+            z += 1
+        rows.append(pick), lo.append(1.0), hi.append(1.0)
+    c = np.zeros(k + 1 + n_good)
+    c[k] = -1.0
+    res = milp(c, constraints=LinearConstraint(np.array(rows), lo, hi),
+               integrality=np.r_[np.zeros(k + 1), np.ones(n_good)],
+               bounds=Bounds(np.r_[-np.ones(k), -big, np.zeros(n_good)], np.r_[np.ones(k), big, np.ones(n_good)]))
+    if res.x is None:
+        return math.nan, {}
+    names = list(RANK_FEATURES) + [NO_CONFIDENCE]
+    return float(res.x[k]), dict(zip(names, np.round(res.x[:k], 3)))
+
+
 def _with_proxy(sc: Scored, score: np.ndarray) -> Scored:
     """``sc`` as if the study's score.final (and proxy.final) were ``score``: for the tag curve of a candidate."""
     import copy
@@ -1037,6 +1108,15 @@ def main(argv: Sequence[str] | None = None) -> None:
         for ch, _, _ in ranked.values():
             folds[choice_text(ch)] = folds.get(choice_text(ch), 0) + 1
         print("rank LODO choices across folds: " + "; ".join(f"{k} ({v}x)" for k, v in folds.items()))
+    if len(scored) > 1:
+        for kind in ("raw", "pct"):
+            t0 = time.perf_counter()
+            margin, w = linear_bound(scored, kind)
+            verdict = (f"yes, e.g. {coef_text(w)}" if margin > 1e-9 else
+                       "no: no weights, any signs, fitted on all of them, reach it")
+            print(f"linear bound ({kind} features: {'raw values x gate' if kind == 'raw' else 'pool percentiles'}, "
+                  f"+ no-confidence): a pipeline within {BOUND_REGRET} of the best first on all {len(scored)} sets? "
+                  f"{verdict} (best margin {margin:.4f}; {time.perf_counter() - t0:.0f} s)")
     overall_level, overall = (choose_joint(by_level, spec.weights, args.lodo_objective) if tables
                               else (FAMILY_AGREEMENT, ()))
     print(f"\nchosen on all {len(tables)} datasets (a proposed default; its estimate is the LODO table): "

@@ -13,9 +13,11 @@ offers, all read from its UI code (``mlflow/server/js``):
   the runs table state (filter, sort, columns, column widths) and the URL
   parameter ``viewStateShareKey=<id>`` opens it; it also appears in the
   UI's list of saved views. URL parameters alone cannot choose columns.
-- A filter on the trial runs of one stage, sorted by ``metrics.score``:
-  MLflow then lists the matching runs flat instead of nested under their
-  stage's parent run.
+- A filter on the trial runs of one stage, sorted by the score the study
+  ranks by (``metrics.score.final`` once the stage-end re-score has
+  written it, as the leaderboard and ``best.yaml`` do; ``metrics.score``,
+  the optimiser's value, before): MLflow then lists the matching runs flat
+  instead of nested under their stage's parent run.
 """
 from __future__ import annotations
 
@@ -42,7 +44,7 @@ DEFAULT_PORT = 5000
 VIEW_TAG = "mlflow.sharedViewState."
 #: widths (px) that fit trial name, score, GT F1, tag and a pipeline of about 95 characters in 1600 px (the run
 #: name, 190 px, and "Created", 150 px, are always shown and keep their widths)
-_WIDTHS = {"metrics.`score`": 150, "metrics.`gt.f1`": 150, "tags.`quality`": 80, "tags.`pipeline`": 540}
+_WIDTHS = {"metrics.`score`": 150, "metrics.`score.final`": 150, "metrics.`gt.f1`": 150, "tags.`quality`": 80, "tags.`pipeline`": 540}
 #: the pipeline's width without a GT F1 column (about 125 characters)
 _WIDE = 690
 
@@ -57,15 +59,20 @@ def view_id(stage: str) -> str:
     return f"opsef-{stage}"
 
 
-def first_screen_state(study_name: str, stage: str, has_gt: bool) -> dict:
-    """Runs-table state of one stage: its finished trials, best first, with the columns that answer the question."""
-    columns = [_key("metrics", "score")] + ([_key("metrics", "gt.f1")] if has_gt else []) \
+def first_screen_state(study_name: str, stage: str, has_gt: bool, score: str = "score") -> dict:
+    """Runs-table state of one stage: its finished trials, best first, with the columns that answer the question.
+
+    ``score`` is the metric the trials are ranked by: ``score.final`` where
+    the stage has final scores (the order of the leaderboard and
+    ``best.yaml``), else ``score``.
+    """
+    columns = [_key("metrics", score)] + ([_key("metrics", "gt.f1")] if has_gt else []) \
         + [_key("tags", "quality"), _key("tags", "pipeline")]
     return {
         # a filter and a sort other than by time: MLflow lists the trials flat, not under their parent run
         "searchFilter": f"tags.`optuna.study` = '{study_name}/{stage}' and tags.`opsef.status` = 'complete' "
                         f"and attributes.run_name LIKE '{stage}#%'",
-        "orderByKey": _key("metrics", "score"),
+        "orderByKey": _key("metrics", score),
         "orderByAsc": False,
         "startTime": "ALL",
         "lifecycleFilter": "Active",
@@ -86,6 +93,7 @@ def save_first_screen(client: MlflowClient, experiment_id: str, study_name: str,
 
     ``has_gt=None``: a GT F1 column when any finished trial of the stage logged ``gt.f1`` and the stage
     does not rank by it already (objective ``gt_f1``: the score *is* the GT F1, and the pipeline gets the room).
+    The trials are sorted by ``score.final`` when any of them has it.
     """
     objective = None
     parents = client.search_runs([experiment_id], f"tags.`optuna.study` = '{study_name}/{stage}' and "
@@ -96,7 +104,9 @@ def save_first_screen(client: MlflowClient, experiment_id: str, study_name: str,
         runs = client.search_runs([experiment_id], f"tags.`optuna.study` = '{study_name}/{stage}' and "
                                                    f"metrics.`gt.f1` > -1", max_results=1)
         has_gt = bool(runs) and objective != "gt_f1"
-    state = first_screen_state(study_name, stage, has_gt)
+    finals = client.search_runs([experiment_id], f"tags.`optuna.study` = '{study_name}/{stage}' and "
+                                                 f"metrics.`score.final` > -1e9", max_results=1)
+    state = first_screen_state(study_name, stage, has_gt, "score.final" if finals else "score")
     key = view_id(stage)
     now = int(time.time() * 1000)
     exp = client.get_experiment(experiment_id)

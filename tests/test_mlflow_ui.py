@@ -140,8 +140,10 @@ def test_first_screen_shows_best_pipeline_score_gt_and_tag(tmp_path):
     gt = next(c for col, c in by_col.items() if "gt.f1" in col)
     tag = next(c for col, c in by_col.items() if "quality" in col)
     pipeline = next(c for col, c in by_col.items() if "pipeline" in col)
-    # the values of the best trial, as the search and MLflow logged them
-    assert abs(float(score["text"]) - best["score"]) < 1e-9
+    # the values of the best trial, as the search and MLflow logged them: the table ranks by the final score,
+    # as the leaderboard does (the proxy objective has one)
+    assert "score.final" in next(col for col in by_col if "score" in col and "source" not in col)
+    assert abs(float(score["text"]) - best["score_final"]) < 1e-9
     from mlflow import MlflowClient
 
     run = MlflowClient(f"sqlite:///{tmp_path}/studies/mlflow.db").get_run(best["mlflow_run_id"])
@@ -191,6 +193,11 @@ def test_saved_view_per_stage_sorts_filters_and_picks_columns(tmp_path, objectiv
     # the filter finds the trial and not the stage's parent run (MLflow's own search syntax)
     found = client.search_runs([tracker.experiment_id], state["searchFilter"])
     assert [r.info.run_id for r in found] == [run]
+    # once the stage-end re-score has logged final scores, the view ranks by them
+    tracker.log(run, metrics={"score.final": 0.7})
+    study_views(client, tracker.experiment_id, "s", ["coarse"])
+    state = json.loads(json.loads(client.get_experiment(tracker.experiment_id).tags[VIEW_TAG + "opsef-coarse"])["state"])
+    assert state["orderByKey"] == "metrics.`score.final`" and state["selectedColumns"][0] == "metrics.`score.final`"
     url = experiment_url("http://[::1]:5000", tracker.experiment_id, views["coarse"])
     assert url == (f"http://[::1]:5000/#/experiments/{tracker.experiment_id}/runs?"
                    "workflowType=machine_learning&viewStateShareKey=opsef-coarse")

@@ -237,3 +237,34 @@ def test_the_combination_is_chosen_without_the_held_out_dataset(bench):
     assert pv.choose_combination(rows) == "lodo"
     # a tie goes to the weighted mean
     assert pv.choose_combination([{"dataset": "x", "lodo": (0.8, 0.0), "rank": (0.8, 0.0)}], "y") == "lodo"
+
+
+def _bound_set(pv, name, good_has):
+    """Three plausible candidates; the good one (F1 0.9) is highest in ``good_has``, the others equal."""
+    per_image = []
+    for i in range(3):
+        v = {f"pct.{f}": 0.5 for f in pv.RANK_FEATURES} | {f: 0.5 for f in pv.RANK_FEATURES}
+        v |= {"sanity": 1.0, "plausible": 1.0, "confidence": math.nan, "pct.confidence": math.nan}
+        if i == 0:
+            v[f"pct.{good_has}"] = v[good_has] = 0.9
+        elif i == 1:  # a bad candidate highest in everything else
+            v |= {f"pct.{f}": 0.8 for f in pv.RANK_FEATURES if f not in (good_has, "confidence")}
+            v |= {f: 0.8 for f in pv.RANK_FEATURES if f not in (good_has, "confidence")}
+        per_image.append([v])
+    return pv.Scored(name, ["good", "bad", "other"], [], np.array([0.9, 0.5, 0.4]), {}, np.zeros(3), per_image, [])
+
+
+def test_linear_bound_says_whether_any_weights_put_a_good_pipeline_first_everywhere(bench):
+    pv, _ = bench
+    for kind in ("raw", "pct"):
+        # shape decides on one set, separation on the other: shape + separation puts both good ones first
+        margin, w = pv.linear_bound({"a": _bound_set(pv, "a", "shape"), "b": _bound_set(pv, "b", "separation")}, kind)
+        assert margin > 0 and w["shape"] > 0 and w["separation"] > 0
+        # a third set where the good pipeline is LOWER in shape and separation than a bad one, equal elsewhere
+        c = _bound_set(pv, "c", "contrast")
+        for v in c.per_image[0]:
+            v |= {"pct.contrast": 0.5, "contrast": 0.5, "pct.shape": 0.2, "shape": 0.2,
+                  "pct.separation": 0.2, "separation": 0.2}
+        margin, _ = pv.linear_bound({"a": _bound_set(pv, "a", "shape"), "b": _bound_set(pv, "b", "separation"),
+                                     "c": c}, kind)
+        assert margin <= 1e-9
