@@ -44,9 +44,9 @@ def uses_rank(spec: ScoreSpec) -> bool:
     Chosen by leave-one-dataset-out between the two combinations on the six GT
     sets of ``bench/proxy_validity.py`` (2026-11-28): for each held-out set the
     one with the higher mean held-out rho - regret on the other five; rank in
-    all six folds (held out: mean regret 0.054 against 0.081, rho 0.82
-    against 0.80; worse on BBBC007, regret 0.084 against 0.029): see README,
-    Benchmarks.
+    all six folds (held out, re-run from an empty cache: mean regret 0.044
+    against 0.080, rho 0.82 against 0.79; lower rho on BBBC007, 0.77 against
+    0.95): see README, Benchmarks.
     """
     return spec.combination == "rank"
 

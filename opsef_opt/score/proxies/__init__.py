@@ -78,8 +78,8 @@ with coefficients learned by pairwise ranking on the bench's GT sets (the
 weighted mean above is what a study with proxy weights of its own gets, or
 ``study.score.combination: mean``). Chosen between the two by
 leave-one-dataset-out (rank in all six folds): held out it lowers the mean
-regret (0.081 -> 0.054, rho 0.80 -> 0.82) but makes BBBC007 worse (README,
-Benchmarks).
+regret (0.080 -> 0.044, rho 0.79 -> 0.82) but lowers BBBC007's rho (0.95 ->
+0.77; README, Benchmarks).
 """
 from opsef_opt.score.proxies._match import Match, match_instances
 from opsef_opt.score.proxies.combine import combine, default_weights
