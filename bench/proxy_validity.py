@@ -130,7 +130,7 @@ from opsef_opt.score import PROXIES, ImageResult  # noqa: E402
 from opsef_opt.score.objective import Objective  # noqa: E402
 from opsef_opt.score.proxies import combine  # noqa: E402
 from opsef_opt.score.proxies.consensus import FAMILY_AGREEMENT  # noqa: E402
-from opsef_opt.score.proxies.rank import (C_GRID, NO_CONFIDENCE, RANK_FEATURES, RANK_WEIGHTS,  # noqa: E402
+from opsef_opt.score.proxies.rank import (C_GRID, NO_CONFIDENCE, RANK_FEATURES, RANK_WEIGHTS, _finite,  # noqa: E402
                                           fit_rank_weights, plausible_row, rank_combine, rank_features)
 from opsef_opt.search.pool import LabelStore  # noqa: E402
 from opsef_opt.search.rescore import final_scores, uses_rank  # noqa: E402
@@ -636,15 +636,11 @@ def bound_features(sc: Scored, kind: str) -> tuple[np.ndarray, np.ndarray]:
     if kind == "raw":
         def row(v: Mapping[str, float]) -> list[float]:
             g = v.get("sanity", math.nan)
-            g = float(g) if _finite_num(g) else 1.0
-            return [g * float(v[f]) if _finite_num(v.get(f)) else 0.0 for f in RANK_FEATURES]
+            g = float(g) if _finite(g) else 1.0
+            return [g * float(v[f]) if _finite(v.get(f)) else 0.0 for f in RANK_FEATURES]
         raw = np.array([np.mean([row(v) for v in rows], axis=0) for rows in sc.per_image])
         X = np.hstack([raw, X[:, -1:]])
     return X, ok
-
-
-def _finite_num(v) -> bool:
-    return isinstance(v, (int, float, np.floating, np.integer)) and math.isfinite(float(v))
 
 
 def linear_bound(scored: Mapping[str, Scored], kind: str, regret: float = BOUND_REGRET) -> tuple[float, dict]:

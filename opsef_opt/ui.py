@@ -44,7 +44,8 @@ DEFAULT_PORT = 5000
 VIEW_TAG = "mlflow.sharedViewState."
 #: widths (px) that fit trial name, score, GT F1, tag and a pipeline of about 95 characters in 1600 px (the run
 #: name, 190 px, and "Created", 150 px, are always shown and keep their widths)
-_WIDTHS = {"metrics.`score`": 150, "metrics.`score.final`": 150, "metrics.`gt.f1`": 150, "tags.`quality`": 80, "tags.`pipeline`": 540}
+_WIDTHS = {"metrics.`score`": 150, "metrics.`score.final`": 150, "metrics.`gt.f1`": 150, "tags.`quality`": 80,
+           "tags.`pipeline`": 540}
 #: the pipeline's width without a GT F1 column (about 125 characters)
 _WIDE = 690
 

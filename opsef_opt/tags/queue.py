@@ -55,16 +55,17 @@ sets: ``mean`` 0.027 / 0.017 / 0.003 -> 0.027 / 0.007 / 0.003, ``rank`` 0.018 / 
 after 10 clicks is BBBC007, 0.024 / 0.029, whose runs within 0.02 of the best are
 6th-18th by the mean combination, 23rd-34th by the rank one).
 
-**No diversity bonus for challengers** (:data:`W_PAIR_DIVERSE` = 0): asking the best not-yet-judged run of a
-model family nobody has compared (``stardist``, ``local`` ... when the leader is top-hat + ``unet``) before
-the leader's near-copies was compared by leave-one-dataset-out on the same six sets, the loss the mean regret
-after 5 / 10 / 20 clicks with both combinations: bonus 0, 0.1, 0.25, 0.5, 1 (rank percentiles) for an unjudged
-model family, the same for half model family + half preprocessing, and the model-family bonus given only once
-the leader has been in 2 comparisons (0.25 / 0.5 / 1) or 4 (0.5 / 1). 0 won in five folds and on all six; the sixth fold (Kromp low-S/N
-held out) chose 0.5 and its held-out ``rank`` regret after 10 clicks rose 0.010 -> 0.052. The bonus fixes
-BBBC007 (model family, 0.5: ``rank`` 0.029 -> 0.006 after 10 clicks) only by spending clicks elsewhere on
-runs of other families that lose: where the best run is of the leader's family (Kromp low-S/N, DSB 256) the
-regret after 10 clicks rises, so held out BBBC007 still gets 0 and stays at 0.029 (5 simulated analysts).
+**No diversity bonus for challengers** (measured 2026-11-28, not kept as code): asking the best
+not-yet-judged run of a model family nobody has compared (``stardist``, ``local`` ... when the leader is
+top-hat + ``unet``) before the leader's near-copies was compared by leave-one-dataset-out on the same six
+sets, the loss the mean regret after 5 / 10 / 20 clicks with both combinations: a bonus of 0, 0.1, 0.25, 0.5
+or 1 (rank percentiles) added to a challenger's strength for an unjudged model family, the same split half
+model family + half preprocessing, and the model-family bonus given only once the leader has been in 2
+comparisons (0.25 / 0.5 / 1) or 4 (0.5 / 1). 0 won in five folds and on all six; the sixth fold (Kromp
+low-S/N held out) chose 0.5 and its held-out ``rank`` regret after 10 clicks rose 0.010 -> 0.052. The bonus
+fixes BBBC007 (model family, 0.5: ``rank`` 0.029 -> 0.006 after 10 clicks) only by spending clicks elsewhere
+on runs of other families that lose: where the best run is of the leader's family (Kromp low-S/N, DSB 256)
+the regret after 10 clicks rises, so held out BBBC007 still gets 0 and stays at 0.029 (5 simulated analysts).
 
 Spending the simulated analyst's clicks on comparisons only (:data:`TAGS_PER_ROUND` = 0) was chosen
 by leave-one-dataset-out on the six sets of ``bench/proxy_validity.py``, among eleven settings
@@ -109,15 +110,6 @@ W_FAMILY = 0.25
 #: challengers are the strongest by either ranking. Chosen by leave-one-dataset-out among 0, 0.25, 0.5, 1 (0 in
 #: every fold, both combinations; see the module docstring)
 W_PAIR_UNCERTAIN = 0.0
-#: bonus (in rank percentiles) of a challenger whose family nobody has judged yet (:func:`choose_pairs`); what a
-#: family is: :data:`PAIR_DIVERSE_BY`. None: chosen by leave-one-dataset-out among 0, 0.1, 0.25, 0.5, 1 (x the
-#: variants below; 0 in five folds of six and on all six, see the module docstring)
-W_PAIR_DIVERSE = 0.0
-#: ``"model"``: the model family (``unet``, ``stardist``, ...); ``"both"``: half for the model family, half for
-#: the preprocessing
-PAIR_DIVERSE_BY = "model"
-#: the bonus only once the current leader has been in this many comparisons (0: from the first)
-PAIR_DIVERSE_AFTER = 0
 #: clicks per round of :func:`simulate_tagging`'s ``information`` strategy: this many tags (from
 #: :func:`choose_runs`), then :data:`COMPARISONS_PER_ROUND` comparisons (from :func:`choose_pairs`). No tags:
 #: chosen by leave-one-dataset-out (see the module docstring)
@@ -165,18 +157,8 @@ def _families(features: pd.DataFrame) -> tuple[list[str], list[str]] | None:
     for p in features["pipeline"].astype(str):
         head, _, model = p.rpartition(" | ")
         pre.append(head.strip() or "none")
-        # ``classical(min_distance=5)`` or ``unet t0.5 md4``: the name before the parameters
-        words = model.split("(", 1)[0].split()
-        fam.append(words[0] if words else "")
+        fam.append(model.split("(", 1)[0].strip())
     return pre, fam
-
-
-def _unseen(fams: tuple[list[str], list[str]], seen: tuple[set, set], rows) -> np.ndarray:
-    """Per row, the share of its families (:data:`PAIR_DIVERSE_BY`) not in ``seen`` (0..1)."""
-    new_fam = np.array([fams[1][i] not in seen[1] for i in rows], float)
-    if PAIR_DIVERSE_BY == "model":
-        return new_fam
-    return 0.5 * new_fam + 0.5 * np.array([fams[0][i] not in seen[0] for i in rows], float)
 
 
 def _judged(tagged: Mapping[int, str], pairs: list) -> set[int]:
@@ -254,8 +236,7 @@ def choose_pairs(features: pd.DataFrame, proxy_score: np.ndarray, tagged: Mappin
     first when it beats the proxy in cross-validation, else the proxy's, skipping runs the judgements
     rule out, the winner of a comparison in the loser's place: :func:`~opsef_opt.score.tag_model.judged_pick`);
     challengers are ranked by
-    ``max(proxy pct, model pct) + W_PAIR_UNCERTAIN * uncertainty + W_PAIR_DIVERSE * unjudged family``
-    (greedily: a family counts as judged once a pair with it is asked) and exclude runs already ruled out.
+    ``max(proxy pct, model pct) + W_PAIR_UNCERTAIN * uncertainty`` and exclude runs already ruled out.
     Pairs already compared (either order) are not asked again.
     """
     n = len(features)
@@ -276,23 +257,14 @@ def choose_pairs(features: pd.DataFrame, proxy_score: np.ndarray, tagged: Mappin
     met = {frozenset((a, b)) for a, b, _ in pairs}
     out_ruled = ruled_out(n, tagged, pairs, values)
     strength = np.maximum(pp, pm if pm is not None else pp) + W_PAIR_UNCERTAIN * spread + jitter
-    left = [j for j in range(n) if j != leader and j not in out_ruled and frozenset((leader, j)) not in met]
-    defended = sum(leader in (a, b) for a, b, _ in pairs)
-    fams = _families(features) if W_PAIR_DIVERSE and defended >= PAIR_DIVERSE_AFTER else None
-    if fams:
-        # families judged so far, the leader's included (it is in every pair asked)
-        reference = _judged(tagged, pairs) | {leader}
-        seen = ({fams[0][i] for i in reference}, {fams[1][i] for i in reference})
+    order = [int(i) for i in np.argsort(-strength, kind="stable")]
     out = []
-    while len(out) < k and left:
-        score = strength[left]
-        if fams:
-            score = score + W_PAIR_DIVERSE * _unseen(fams, seen, left)
-        j = left.pop(int(np.argmax(score)))
+    for j in order:
+        if len(out) >= k:
+            break
+        if j == leader or j in out_ruled or frozenset((leader, j)) in met:
+            continue
         out.append((leader, j))
-        if fams:
-            seen[0].add(fams[0][j])
-            seen[1].add(fams[1][j])
     return out
 
 
